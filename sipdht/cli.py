@@ -1,0 +1,132 @@
+"""Command line: `sipdht init / id / run / ...`.
+
+Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error. User
+errors print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from . import __version__, identity
+from .config import Config, ConfigError, load_config
+
+log = logging.getLogger("sipdht")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+USER_CONFIG = Path("~/.config/sipdht/sipdht.ini")
+
+
+class UsageError(Exception):
+    """Bad arguments; exit code 2."""
+
+
+class OperationFailed(Exception):
+    """The command ran but did not achieve its goal; exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+Command = Callable[[argparse.Namespace, Config], int]
+COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def command(name: str, help_text: str, setup: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    def register(fn: Command) -> Command:
+        COMMANDS[name] = (help_text, fn, setup)
+        return fn
+
+    return register
+
+
+def _common_options(config_default, verbose_default) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=config_default,
+                        help=f"INI file (default: {USER_CONFIG} if it exists, else built-in defaults)")
+    common.add_argument("-v", "--verbose", action="store_true", default=verbose_default,
+                        help="debug logging")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sipdht", description="Call anyone by a cryptographic identity over an "
+                     "OpenDHT-compatible DHT.", parents=[_common_options(None, False)])
+    # Subcommands repeat the options without defaults, so either position works.
+    common = _common_options(argparse.SUPPRESS, argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"sipdht {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (help_text, _fn, setup) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        setup(p)
+    return parser
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    if args.config:
+        return Path(args.config)
+    default = USER_CONFIG.expanduser()
+    return default if default.exists() else None
+
+
+def setup_logging(config: Config, verbose: bool) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, config.log.level.upper())
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if config.log.file:
+        handlers.append(logging.FileHandler(config.log.file))
+    logging.basicConfig(level=level, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def load_identity(config: Config, location: str | Path | None = None) -> identity.Identity:
+    passphrase = identity.passphrase_from_env(config.identity.passphrase_env)
+    return identity.load(location or config.identity_path, passphrase)
+
+
+def load_or_create_identity(config: Config) -> identity.Identity:
+    key_path, _ = identity.identity_files(config.identity_path)
+    if key_path.exists():
+        return load_identity(config)
+    log.info("no identity at %s: creating one (%d-bit RSA)", key_path, config.identity.key_bits)
+    ident = identity.generate(config.identity.key_bits)
+    identity.save(ident, config.identity_path,
+                  identity.passphrase_from_env(config.identity.passphrase_env))
+    return ident
+
+
+def run_async(coro) -> int:
+    """Run a coroutine; Ctrl-C ends it cleanly."""
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import commands  # noqa: F401  (registers the subcommands)
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        config = load_config(_config_path(args))
+        setup_logging(config, args.verbose)
+        return COMMANDS[args.command][1](args, config)
+    except (ConfigError, UsageError) as exc:
+        print(f"sipdht: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (identity.IdentityError, OperationFailed, OSError) as exc:
+        print(f"sipdht: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+
