@@ -92,7 +92,7 @@ def _self_signed(key: rsa.RSAPrivateKey, common_name: str) -> x509.Certificate:
         x509.NameAttribute(NameOID.USER_ID, account),
         x509.NameAttribute(NameOID.COMMON_NAME, common_name),
     ])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -1,3 +1,3 @@
 """Subcommands of the `sipdht` CLI, one module per area; importing registers them."""
 
-from . import agent, account  # noqa: F401
+from . import account, agent  # noqa: F401

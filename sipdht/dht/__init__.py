@@ -1,0 +1,1 @@
+"""OpenDHT-compatible DHT: wire codec, sans-IO engine, asyncio node, simulated network."""

@@ -1,0 +1,314 @@
+"""asyncio adapter around DhtEngine: UDP sockets, the timer and awaitable operations.
+
+All protocol logic stays in the engine; this file only moves datagrams, arms one
+timer, and turns engine events into futures and async iterators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import events as ev
+from .engine import DhtEngine, family_of
+from .infohash import InfoHash
+from .messages import Addr
+from .storage import EditPolicy
+from .values import Query, Value
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 4222
+
+
+@dataclass
+class NodeConfig:
+    port: int = 0
+    bind4: str = "0.0.0.0"
+    bind6: str = "::"
+    ipv4: bool = True
+    ipv6: bool = True
+    network: int = 0
+    rate_limit: bool = True
+    client_only: bool = False
+    max_storage: int = 64 * 1024 * 1024
+    bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    state_file: Path | None = None
+    node_id: InfoHash | None = None
+    policy: EditPolicy | None = None
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, node: DhtNode) -> None:
+        self.node = node
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.node._receive(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        self.node.engine.stats["socket_errors"] += 1
+
+
+class Listen:
+    """An async iterator of (kind, value) for one key; `cancel()` ends it."""
+
+    def __init__(self, node: DhtNode, op: int) -> None:
+        self.node, self.op = node, op
+        self.queue: asyncio.Queue[ev.ListenValues | None] = asyncio.Queue()
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, Value]]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[tuple[str, Value]]:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            for value in item.values:
+                yield item.kind, value
+
+    def cancel(self) -> None:
+        self.node._cancel(self.op)
+        self.queue.put_nowait(None)
+
+
+class DhtNode:
+    def __init__(self, config: NodeConfig | None = None) -> None:
+        self.config = config or NodeConfig()
+        self.engine: DhtEngine | None = None  # type: ignore[assignment]
+        self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending: dict[int, tuple[asyncio.Future, list[Value]]] = {}
+        self._listens: dict[int, Listen] = {}
+        self._connected = asyncio.Event()
+        self.port = 0
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        families = tuple(f for f, on in ((4, cfg.ipv4), (6, cfg.ipv6)) if on)
+        self.engine = DhtEngine(cfg.node_id, network=cfg.network, rate_limit=cfg.rate_limit,
+                                max_storage=cfg.max_storage, client_only=cfg.client_only,
+                                policy=cfg.policy, families=families, now=loop.time(),
+                                epoch_offset=time.time() - loop.time())
+        await self._bind(families)
+        self.engine.families = tuple(self._transports)
+        self._load_state()
+        addrs = await self._resolve(cfg.bootstrap)
+        if addrs:
+            self.engine.bootstrap(addrs, loop.time())
+        self._after()
+
+    async def stop(self) -> None:
+        self._save_state()
+        if self._timer:
+            self._timer.cancel()
+        for t in self._transports.values():
+            t.close()
+        self._transports.clear()
+        for fut, _ in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        for listen in self._listens.values():
+            listen.queue.put_nowait(None)
+
+    async def __aenter__(self) -> DhtNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def _bind(self, families: tuple[int, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        port = self.config.port
+        for fam in families:
+            sock = self._socket(fam, port)
+            if sock is None:
+                continue
+            port = port or sock.getsockname()[1]
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+            self._transports[fam] = transport
+        if not self._transports:
+            raise OSError(f"cannot bind UDP port {self.config.port} for the DHT")
+        self.port = port
+
+    def _socket(self, fam: int, port: int) -> socket.socket | None:
+        af = socket.AF_INET if fam == 4 else socket.AF_INET6
+        sock = socket.socket(af, socket.SOCK_DGRAM)
+        try:
+            if fam == 6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((self.config.bind4 if fam == 4 else self.config.bind6, port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        except OSError as exc:
+            sock.close()
+            if fam == 4 or not self._transports and fam == 6 and not self.config.ipv4:
+                raise
+            log.warning("IPv6 disabled: cannot bind [%s]:%d: %s", self.config.bind6, port, exc)
+            return None
+        sock.setblocking(False)
+        return sock
+
+    async def _resolve(self, hosts: list[tuple[str, int]]) -> list[Addr]:
+        loop = asyncio.get_running_loop()
+        out: list[Addr] = []
+        for host, port in hosts:
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as exc:
+                log.warning("bootstrap %s:%d: cannot resolve: %s", host, port, exc)
+                continue
+            for info in infos:
+                addr = (info[4][0], info[4][1])
+                if family_of(addr) in self._transports and addr not in out:
+                    out.append(addr)
+        return out
+
+    # --- state file -------------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        path = self.config.state_file
+        if not path or not path.exists():
+            return
+        try:
+            nodes = json.loads(path.read_text())["nodes"]
+            now = asyncio.get_running_loop().time()
+            for nid, ip, port in nodes[:256]:
+                if family_of((ip, port)) in self._transports:
+                    self.engine.add_known_node(InfoHash(bytes.fromhex(nid)), (ip, port), now)
+            log.info("%s: pinging %d saved nodes", path, len(nodes))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: ignoring unreadable state file: %s", path, exc)
+
+    def _save_state(self) -> None:
+        path = self.config.state_file
+        if not path or self.engine is None:
+            return
+        now = asyncio.get_running_loop().time()
+        nodes = [[n.id.hex(), n.addr[0], n.addr[1]] for n in self.engine.good_nodes(now)]
+        if not nodes:
+            return
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"node_id": self.engine.id.hex(), "nodes": nodes}))
+
+    # --- the sans-IO pump -------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _receive(self, data: bytes, addr: Addr) -> None:
+        self.engine.receive_datagram(data, addr, self._now())
+        self._after()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.engine.handle_timer(self._now())
+        self._after()
+
+    def _after(self) -> None:
+        engine, now = self.engine, self._now()
+        while (event := engine.next_event()) is not None:
+            self._dispatch(event)
+        for data, addr in engine.datagrams_to_send(now):
+            transport = self._transports.get(family_of(addr))
+            if transport is not None:
+                transport.sendto(data, addr)
+        when = engine.get_timer()
+        if self._timer is not None and (when is None or self._timer.when() != when):
+            self._timer.cancel()
+            self._timer = None
+        if when is not None and self._timer is None and self._transports:
+            self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
+
+    def _dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Connectivity):
+            if event.good_nodes:
+                self._connected.set()
+            else:
+                self._connected.clear()
+        elif isinstance(event, ev.GetValues):
+            if event.op in self._pending:
+                self._pending[event.op][1].extend(event.values)
+        elif isinstance(event, ev.GetDone | ev.PutDone):
+            fut, values = self._pending.pop(event.op, (None, None))
+            if fut is not None and not fut.done():
+                fut.set_result(values if isinstance(event, ev.GetDone) else event.stored)
+        elif isinstance(event, ev.ListenValues):
+            listen = self._listens.get(event.op)
+            if listen is not None:
+                listen.queue.put_nowait(event)
+
+    def _cancel(self, op: int) -> None:
+        self._listens.pop(op, None)
+        self._pending.pop(op, None)
+        if self.engine is not None:
+            self.engine.cancel(op, self._now())
+            self._after()
+
+    # --- public API -------------------------------------------------------------------------
+
+    @property
+    def id(self) -> InfoHash:
+        return self.engine.id
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def bootstrap(self, addr: Addr) -> None:
+        self.engine.bootstrap([addr], self._now())
+        self._after()
+
+    async def get(self, key: InfoHash, query: Query | None = None) -> list[Value]:
+        """Every value found at the key's closest nodes (and stored locally)."""
+        op = self.engine.get(key, self._now(), query)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        return await self._await(op, fut)  # type: ignore[return-value]
+
+    async def _await(self, op: int, fut: asyncio.Future) -> object:
+        self._pending[op] = (fut, [])
+        # The engine may already have answered (e.g. no nodes): drain now.
+        self._after()
+        try:
+            return await fut
+        finally:
+            self._pending.pop(op, None)
+
+    async def put(self, key: InfoHash, value: Value, permanent: bool = False) -> int:
+        """Store a value; returns how many remote nodes acknowledged it."""
+        op = self.engine.put(key, value, self._now(), permanent)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        return await self._await(op, fut)  # type: ignore[return-value]
+
+    def listen(self, key: InfoHash) -> Listen:
+        op = self.engine.listen(key, self._now())
+        listen = self._listens[op] = Listen(self, op)
+        self._after()
+        return listen
+
+    def cancel_put(self, op: int) -> None:
+        self._cancel(op)
+
+    def stats(self) -> dict[str, int]:
+        now = self._now()
+        out = dict(self.engine.stats)
+        for fam, table in self.engine.tables.items():
+            out[f"nodes{fam}"] = len(table)
+            out[f"good{fam}"] = table.good_count(now)
+        out["values"] = self.engine.storage.value_count
+        out["storage_bytes"] = self.engine.storage.total_size
+        return out

@@ -1,0 +1,102 @@
+"""State of one iterative search: the nodes closest to a key and what was asked of them.
+
+Kademlia as OpenDHT runs it: up to SEARCH_NODES tracked by XOR distance, at most
+MAX_IN_FLIGHT requests out, "synced" once the TARGET_NODES closest live nodes
+have answered a get/find with a token recently. The engine drives it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from .infohash import InfoHash
+from .routing import Node
+
+SEARCH_NODES = 14
+TARGET_NODES = 8
+LISTEN_NODES = 4
+MAX_IN_FLIGHT = 4
+SYNC_TIME = 600.0
+
+
+@dataclass(eq=False)
+class SearchNode:
+    node: Node
+    distance: int
+    depth: int = 0                  # lookup hops: 0 = from our routing table
+    token: bytes | None = None
+    last_reply: float = float("-inf")
+    pending: bool = False
+    failed: bool = False
+    listen_sid: int | None = None
+    listen_pending: bool = False
+    listen_time: float = float("-inf")
+    acked: dict[int, float] = field(default_factory=dict)    # value id -> time acknowledged
+    put_pending: set[int] = field(default_factory=set)
+
+    def synced(self, now: float) -> bool:
+        return self.token is not None and self.last_reply > now - SYNC_TIME
+
+    def forget_token(self) -> None:
+        """After a 401: get a fresh token before writing again."""
+        self.token = None
+        self.last_reply = float("-inf")
+        self.listen_sid = None
+
+
+@dataclass(eq=False)
+class Search:
+    target: InfoHash
+    family: int
+    created: float
+    nodes: list[SearchNode] = field(default_factory=list)
+    gets: list[Any] = field(default_factory=list)
+    puts: list[Any] = field(default_factory=list)
+    listens: list[Any] = field(default_factory=list)
+    last_used: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.gets or self.puts or self.listens)
+
+    def find(self, node_id: bytes) -> SearchNode | None:
+        for sn in self.nodes:
+            if sn.node.id == node_id:
+                return sn
+        return None
+
+    def insert(self, node: Node, depth: int = 0) -> SearchNode | None:
+        if self.find(node.id):
+            return None
+        sn = SearchNode(node, self.target.distance(node.id), depth)
+        keys = [x.distance for x in self.nodes]
+        pos = bisect.bisect(keys, sn.distance)
+        if pos >= SEARCH_NODES and len(self.nodes) >= SEARCH_NODES:
+            return None
+        self.nodes.insert(pos, sn)
+        if len(self.nodes) > SEARCH_NODES:
+            self._drop_one()
+        return sn if sn in self.nodes else None
+
+    def _drop_one(self) -> None:
+        """Drop the farthest node that holds nothing for us (failed ones first)."""
+        for cand in [x for x in reversed(self.nodes) if x.failed] + list(reversed(self.nodes)):
+            if cand.listen_sid is None and not cand.acked and not cand.pending:
+                self.nodes.remove(cand)
+                return
+        self.nodes.pop()
+
+    def live(self) -> list[SearchNode]:
+        return [sn for sn in self.nodes if not sn.failed]
+
+    def in_flight(self) -> int:
+        return sum(1 for sn in self.nodes if sn.pending)
+
+    def synced_nodes(self, now: float, count: int = TARGET_NODES) -> list[SearchNode] | None:
+        """The `count` closest live nodes if all are synced, else None."""
+        first = self.live()[:TARGET_NODES]
+        if not first or not all(sn.synced(now) for sn in first):
+            return None
+        return first[:count]

@@ -1,0 +1,382 @@
+"""The value store of a DHT node: values per key, their lifetimes, quotas and listeners.
+
+Sans-IO: every time is passed in as `now`, nothing here sleeps, sends or logs, so the
+engine (and the tests) decide when time moves. The rules follow OpenDHT's storage
+(`src/storage.h`, `src/dht.cpp`) and SecureDht's store/edit policy, as summarised in
+docs/opendht-wire.md sections 2.5, 2.6 and 5.7-5.9.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .infohash import InfoHash
+from .values import MAX_VALUE_SIZE, Query, Value, to_sign, type_expiration
+
+MAX_VALUES_PER_KEY = 65536
+DEFAULT_MAX_TOTAL = 64 * 1024 * 1024
+LISTENER_EXPIRE_TIME = 600.0
+
+# Lazy heaps are rebuilt when stale entries outnumber live ones by this much.
+_COMPACT_SLACK = 64
+
+
+class StoreStatus(enum.Enum):
+    NEW = "new"
+    EDITED = "edited"
+    REFRESHED = "refreshed"
+    REFUSED = "refused"
+
+
+@dataclass
+class StoreResult:
+    status: StoreStatus
+    reason: str = ""  # why refused (too big, edit policy, quota, ...)
+    # (key, value id) dropped by quota eviction, so listeners can be told "expired"
+    evicted: list[tuple[InfoHash, int]] = field(default_factory=list)
+
+    @property
+    def stored(self) -> bool:
+        return self.status is not StoreStatus.REFUSED
+
+
+@dataclass
+class StoredValue:
+    value: Value
+    created: float
+    expiration: float
+    source: str | None  # IP of a remote put; None for local puts (not under the remote quota)
+
+
+class EditPolicy:
+    """OpenDHT's default store/edit policy; the secure layer passes a real signature verifier."""
+
+    def __init__(self, verify: Callable[[Value], bool] | None = None) -> None:
+        # None: signatures are not checked (plain DHT, like a non-secure OpenDHT node)
+        self.verify = verify
+
+    def _signature_ok(self, value: Value) -> bool:
+        return self.verify is None or self.verify(value)
+
+    def store_ok(self, key: InfoHash, value: Value) -> str | None:
+        """None if a value with a new id may be stored, else the reason it may not."""
+        if value.size() > MAX_VALUE_SIZE:
+            return f"value too big ({value.size()} > {MAX_VALUE_SIZE} bytes)"
+        if value.is_signed and not self._signature_ok(value):
+            return "signature verification failed"
+        return None
+
+    def edit_ok(self, key: InfoHash, old: Value, new: Value) -> str | None:
+        """None if `new` may replace `old` (same id, different content), else the reason.
+
+        Only the owner of a signed value may edit it, with an increasing seq; an equal seq
+        is a re-announce and must sign the very same bytes.
+        """
+        if new.size() > MAX_VALUE_SIZE:
+            return f"value too big ({new.size()} > {MAX_VALUE_SIZE} bytes)"
+        if not old.is_signed:
+            return "unsigned value cannot be edited"
+        if new.owner != old.owner:
+            return "owner changed"
+        if not self._signature_ok(new):
+            return "signature verification failed"
+        if new.seq < old.seq:
+            return "sequence number must be increasing"
+        if new.seq == old.seq and to_sign(new) != to_sign(old):
+            return "same sequence number with different content"
+        return None
+
+
+@dataclass
+class Listener:
+    node_id: bytes
+    addr: tuple[str, int]
+    sid: int
+    query: Query
+    version: int  # 0 = legacy notifications, 1 = "update" queries
+    refreshed: float
+
+
+@dataclass
+class _Bucket:
+    """Everything stored under one key; it lives while it has values or listeners."""
+    values: dict[int, StoredValue] = field(default_factory=dict)
+    listeners: dict[tuple[bytes, int], Listener] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.values and not self.listeners
+
+
+class Storage:
+    """Values and listeners per key, with OpenDHT's lifetimes, edit rules and remote quota."""
+
+    def __init__(self, max_total: int = DEFAULT_MAX_TOTAL, policy: EditPolicy | None = None,
+                 max_per_key: int = MAX_VALUES_PER_KEY) -> None:
+        self.max_total = max_total
+        self.policy = policy or EditPolicy()
+        self.max_per_key = max_per_key
+        self._buckets: dict[InfoHash, _Bucket] = {}
+        self._total = 0
+        self._remote = 0
+        self._count = 0
+        self._usage: dict[str, int] = {}  # remote bytes per source IP (only sources > 0)
+        # Lazy heaps: entries are checked against the stored value when popped.
+        self._exp_heap: list[tuple[float, int, InfoHash, int]] = []
+        self._age_heaps: dict[str, list[tuple[float, int, InfoHash, int]]] = {}
+        self._age_entries = 0  # live + stale entries over all age heaps
+        self._tick = 0  # tie-breaker: insertion order among equal times
+
+    # --- sizes -----------------------------------------------------------------------------
+
+    @property
+    def total_size(self) -> int:
+        return self._total
+
+    @property
+    def remote_size(self) -> int:
+        return self._remote
+
+    @property
+    def value_count(self) -> int:
+        return self._count
+
+    def usage_by_source(self) -> dict[str, int]:
+        return dict(self._usage)
+
+    def keys(self) -> list[InfoHash]:
+        """Keys with at least one stored value (keys kept only for listeners are left out)."""
+        return [k for k, b in self._buckets.items() if b.values]
+
+    # --- values ----------------------------------------------------------------------------
+
+    def store(self, key: InfoHash, value: Value, now: float, source: str | None = None,
+              created: float | None = None) -> StoreResult:
+        """Store a put (local when source is None); the lifetime starts at min(created, now)."""
+        start = now if created is None else min(created, now)
+        if start + type_expiration(value.type) <= now:
+            return StoreResult(StoreStatus.REFUSED, "already expired")
+        bucket = self._buckets.get(key)
+        old = bucket.values.get(value.id) if bucket else None
+        if old is not None:
+            result = self._store_existing(key, old, value, start, source)
+        else:
+            result = self._store_new(key, value, start, source)
+        if result.status is StoreStatus.REFUSED:
+            return result
+        return self._apply_quota(key, value.id, result)
+
+    def _store_existing(self, key: InfoHash, old: StoredValue, value: Value, start: float,
+                        source: str | None) -> StoreResult:
+        if old.value.same_content(value):
+            # A local re-put adopts the value, so the remote quota can no longer evict it.
+            new_source = None if source is None else old.source
+            fresh = StoredValue(old.value, start, max(old.expiration, self._end(value, start)),
+                                new_source)
+            self._replace(key, old, fresh)
+            return StoreResult(StoreStatus.REFRESHED)
+        reason = self.policy.edit_ok(key, old.value, value)
+        if reason is not None:
+            return StoreResult(StoreStatus.REFUSED, reason)
+        self._replace(key, old, StoredValue(value, start, self._end(value, start), source))
+        return StoreResult(StoreStatus.EDITED)
+
+    def _store_new(self, key: InfoHash, value: Value, start: float,
+                   source: str | None) -> StoreResult:
+        reason = self.policy.store_ok(key, value)
+        if reason is not None:
+            return StoreResult(StoreStatus.REFUSED, reason)
+        bucket = self._buckets.setdefault(key, _Bucket())
+        if len(bucket.values) >= self.max_per_key:
+            if bucket.empty:
+                del self._buckets[key]
+            return StoreResult(StoreStatus.REFUSED, "too many values for this key")
+        self._replace(key, None, StoredValue(value, start, self._end(value, start), source))
+        return StoreResult(StoreStatus.NEW)
+
+    def _apply_quota(self, key: InfoHash, vid: int, result: StoreResult) -> StoreResult:
+        """Evict over-quota remote values; a value that listeners never saw is not reported."""
+        evicted = self._enforce_quota()
+        if (key, vid) not in evicted:
+            result.evicted = evicted
+            return result
+        if result.status is StoreStatus.NEW:
+            evicted.remove((key, vid))
+        return StoreResult(StoreStatus.REFUSED, "quota", evicted)
+
+    def get(self, key: InfoHash, query: Query | None = None,
+            now: float | None = None) -> list[Value]:
+        """Values under key that match query.where and, if now is given, have not expired."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return []
+        return [sv.value for sv in bucket.values.values()
+                if (now is None or sv.expiration > now)
+                and (query is None or query.matches(sv.value))]
+
+    def get_stored(self, key: InfoHash, vid: int) -> StoredValue | None:
+        bucket = self._buckets.get(key)
+        return bucket.values.get(vid) if bucket else None
+
+    def refresh(self, key: InfoHash, vid: int, now: float) -> bool | None:
+        """A `refresh` query: None = unknown key (404), False = key known but not vid (OpenDHT still succeeds)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return None
+        old = bucket.values.get(vid)
+        if old is None:
+            return False
+        end = max(old.expiration, self._end(old.value, now))
+        self._replace(key, old, StoredValue(old.value, now, end, old.source))
+        return True
+
+    def expire(self, now: float) -> list[tuple[InfoHash, list[int]]]:
+        """Remove values whose expiration is <= now; returns the removed ids per key."""
+        removed: dict[InfoHash, list[int]] = {}
+        heap = self._exp_heap
+        while heap and heap[0][0] <= now:
+            exp, _, key, vid = heapq.heappop(heap)
+            sv = self.get_stored(key, vid)
+            if sv is not None and sv.expiration == exp:
+                self._remove(key, vid)
+                removed.setdefault(key, []).append(vid)
+        for key in removed:
+            self._drop_if_empty(key)
+        return list(removed.items())
+
+    def next_expiration(self) -> float | None:
+        """Earliest expiration of any stored value, for the engine's timer."""
+        heap = self._exp_heap
+        while heap:
+            exp, _, key, vid = heap[0]
+            sv = self.get_stored(key, vid)
+            if sv is not None and sv.expiration == exp:
+                return exp
+            heapq.heappop(heap)
+        return None
+
+    # --- listeners -------------------------------------------------------------------------
+
+    def add_listener(self, key: InfoHash, listener: Listener) -> bool:
+        """True for a new subscription; False when (node_id, sid) existed and was refreshed."""
+        listeners = self._buckets.setdefault(key, _Bucket()).listeners
+        ident = (listener.node_id, listener.sid)
+        current = listeners.get(ident)
+        if current is None:
+            listeners[ident] = listener
+            return True
+        current.addr = listener.addr
+        current.query = listener.query
+        current.version = listener.version
+        current.refreshed = listener.refreshed
+        return False
+
+    def remove_listener(self, key: InfoHash, node_id: bytes, sid: int) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.listeners.pop((node_id, sid), None)
+            self._drop_if_empty(key)
+
+    def listeners(self, key: InfoHash) -> list[Listener]:
+        bucket = self._buckets.get(key)
+        return list(bucket.listeners.values()) if bucket else []
+
+    def expire_listeners(self, now: float, max_age: float = LISTENER_EXPIRE_TIME) -> int:
+        """Drop subscriptions not refreshed within max_age; returns how many were dropped."""
+        dropped = 0
+        for key, bucket in list(self._buckets.items()):
+            stale = [i for i, lst in bucket.listeners.items() if lst.refreshed + max_age < now]
+            for ident in stale:
+                del bucket.listeners[ident]
+            dropped += len(stale)
+            self._drop_if_empty(key)
+        return dropped
+
+    # --- internals -------------------------------------------------------------------------
+
+    @staticmethod
+    def _end(value: Value, start: float) -> float:
+        return start + type_expiration(value.type)
+
+    def _replace(self, key: InfoHash, old: StoredValue | None, new: StoredValue) -> None:
+        """Put `new` in place of `old` (same id, same position), keeping every total right."""
+        if old is not None:
+            self._account(old, -1)
+        self._buckets.setdefault(key, _Bucket()).values[new.value.id] = new
+        self._account(new, +1)
+        self._push(key, new)
+
+    def _remove(self, key: InfoHash, vid: int) -> StoredValue:
+        sv = self._buckets[key].values.pop(vid)
+        self._account(sv, -1)
+        return sv
+
+    def _drop_if_empty(self, key: InfoHash) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is not None and bucket.empty:
+            del self._buckets[key]
+
+    def _account(self, sv: StoredValue, sign: int) -> None:
+        size = sv.value.size() * sign
+        self._total += size
+        self._count += sign
+        if sv.source is None:
+            return
+        self._remote += size
+        usage = self._usage.get(sv.source, 0) + size
+        if usage > 0:
+            self._usage[sv.source] = usage
+        else:
+            self._usage.pop(sv.source, None)
+
+    def _push(self, key: InfoHash, sv: StoredValue) -> None:
+        self._tick += 1
+        vid = sv.value.id
+        heapq.heappush(self._exp_heap, (sv.expiration, self._tick, key, vid))
+        if sv.source is not None:
+            heap = self._age_heaps.setdefault(sv.source, [])
+            heapq.heappush(heap, (sv.created, self._tick, key, vid))
+            self._age_entries += 1
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        """Rebuild the lazy heaps once stale entries dominate, so memory stays O(values)."""
+        if len(self._exp_heap) + self._age_entries <= 4 * self._count + _COMPACT_SLACK:
+            return
+        self._exp_heap = []
+        self._age_heaps = {}
+        self._age_entries = 0
+        for key, bucket in self._buckets.items():
+            for vid, sv in bucket.values.items():
+                self._tick += 1
+                self._exp_heap.append((sv.expiration, self._tick, key, vid))
+                if sv.source is not None:
+                    heap = self._age_heaps.setdefault(sv.source, [])
+                    heap.append((sv.created, self._tick, key, vid))
+                    self._age_entries += 1
+        heapq.heapify(self._exp_heap)
+        for heap in self._age_heaps.values():
+            heapq.heapify(heap)
+
+    def _enforce_quota(self) -> list[tuple[InfoHash, int]]:
+        """While remote data is over the cap, drop the oldest value of the heaviest source."""
+        evicted: list[tuple[InfoHash, int]] = []
+        while self._remote > self.max_total and self._usage:
+            source = max(self._usage, key=self._usage.__getitem__)
+            key, vid = self._pop_oldest(source)
+            self._remove(key, vid)
+            self._drop_if_empty(key)
+            evicted.append((key, vid))
+        return evicted
+
+    def _pop_oldest(self, source: str) -> tuple[InfoHash, int]:
+        heap = self._age_heaps[source]
+        while True:
+            created, _, key, vid = heapq.heappop(heap)
+            self._age_entries -= 1
+            sv = self.get_stored(key, vid)
+            if sv is not None and sv.source == source and sv.created == created:
+                return key, vid
