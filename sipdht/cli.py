@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,19 @@ def load_or_create_identity(config: Config) -> identity.Identity:
     identity.save(ident, config.identity_path,
                   identity.passphrase_from_env(config.identity.passphrase_env))
     return ident
+
+
+async def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def run_async(coro) -> int:

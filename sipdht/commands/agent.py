@@ -5,37 +5,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 
-from ..cli import EXIT_OK, command, load_or_create_identity, run_async
+from ..cli import EXIT_OK, command, load_or_create_identity, run_async, wait_for_signal
 from ..config import Config
+from ..dht.infohash import InfoHash
+from .dht import log_stats, node_config, serve_node
 
 log = logging.getLogger("sipdht.agent")
 
 
-async def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(port=None, bootstrap=None, network=None)
 
 
-@command("run", "run the agent until Ctrl-C / SIGTERM (creates the identity on first start)")
+@command("run", "run the agent until Ctrl-C / SIGTERM (creates the identity on first start)",
+         _run_args)
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     ident = load_or_create_identity(config)
     log.info("account %s (config %s)", ident.account_id, config.source or "built-in defaults")
-    log.warning("not implemented yet: DHT node, locator, SIP gateway; "
-                "this agent only holds the identity")
 
     async def main() -> int:
-        await wait_for_signal()
-        log.info("stopping")
+        cfg = node_config(args, config, client=False)
+        cfg.node_id = InfoHash(ident.node_id)
+        node = await serve_node(cfg)
+        if not cfg.bootstrap:
+            log.warning("no [dht] bootstrap configured: this node waits for others to contact it")
+        log.warning("not implemented yet: locator, call signalling, SIP gateway; "
+                    "this agent runs the DHT node only")
+        stats = asyncio.create_task(log_stats(node, config.log.stats_interval))
+        try:
+            await wait_for_signal()
+        finally:
+            stats.cancel()
+            await node.stop()
+            log.info("stopped")
         return EXIT_OK
 
     return run_async(main())

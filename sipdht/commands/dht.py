@@ -1,0 +1,209 @@
+"""`sipdht node / get / put / listen`: the DHT from the command line, modelled on dhtnode."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+
+from ..cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    OperationFailed,
+    UsageError,
+    command,
+    run_async,
+    wait_for_signal,
+)
+from ..config import Config, parse_hostport
+from ..dht.infohash import InfoHash
+from ..dht.node import DhtNode, NodeConfig
+from ..dht.values import Value, new_value
+
+log = logging.getLogger("sipdht.dht")
+
+
+def _hostport(raw: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(raw, 4222)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HOST[:PORT], got {raw!r} ({exc})") from None
+
+
+def _network_args(p: argparse.ArgumentParser, default_port: str) -> None:
+    p.add_argument("--port", type=int, metavar="P", help=f"UDP port ({default_port}; 0 = ephemeral)")
+    p.add_argument("--bootstrap", "-b", action="append", type=_hostport, metavar="HOST:PORT",
+                   help="bootstrap node (repeatable; default: [dht] bootstrap)")
+    p.add_argument("--network", "-n", type=int, metavar="N", help="network id (default: [dht] network)")
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    _network_args(p, "default 0")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up after this long (default 30)")
+    p.add_argument("key", metavar="KEY", help="40 hex characters, or any text (hashed with SHA-1)")
+
+
+def node_config(args: argparse.Namespace, config: Config, client: bool) -> NodeConfig:
+    dht = config.dht
+    port = args.port if args.port is not None else (0 if client else dht.port)
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port: expected 0-65535, got {port}")
+    return NodeConfig(
+        port=port, bind4=dht.bind4, bind6=dht.bind6, ipv4=dht.ipv4, ipv6=dht.ipv6,
+        network=args.network if args.network is not None else dht.network,
+        rate_limit=dht.rate_limit, client_only=client or dht.client_only,
+        max_storage=dht.max_storage_mb * 1024 * 1024,
+        bootstrap=args.bootstrap or dht.bootstrap,
+        state_file=dht.state_file,
+    )
+
+
+def format_value(value: Value) -> str:
+    """`<value id as 16 hex> <type> <data>`: data as text when it is UTF-8, else hex."""
+    if value.cypher is not None:
+        data = value.cypher.hex()
+    else:
+        try:
+            data = value.data.decode("utf-8")
+            if not data.isprintable():
+                data = value.data.hex()
+        except UnicodeDecodeError:
+            data = value.data.hex()
+    return f"{value.id:016x} {value.type} {data}"
+
+
+async def _joined(args: argparse.Namespace, config: Config) -> tuple[DhtNode, float]:
+    """Start a client node and wait until it reached the network; returns it and the deadline."""
+    deadline = time.monotonic() + args.timeout
+    cfg = node_config(args, config, client=True)
+    if not cfg.bootstrap and not (cfg.state_file and cfg.state_file.exists()):
+        raise UsageError("no bootstrap node: pass --bootstrap HOST:PORT or set [dht] bootstrap")
+    node = DhtNode(cfg)
+    await node.start()
+    if not await node.wait_connected(max(0.0, deadline - time.monotonic())):
+        await node.stop()
+        raise OperationFailed(f"no DHT node answered within {args.timeout:g} s")
+    return node, deadline
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+@command("get", "print the values stored at KEY on the DHT", _client_args)
+def cmd_get(args: argparse.Namespace, config: Config) -> int:
+    async def main() -> int:
+        node, deadline = await _joined(args, config)
+        try:
+            values = await asyncio.wait_for(node.get(InfoHash.from_key(args.key)), _remaining(deadline))
+        except TimeoutError:
+            values = []
+        finally:
+            await node.stop()
+        for value in values:
+            print(format_value(value), flush=True)
+        return EXIT_OK if values else EXIT_FAILED
+
+    return run_async(main())
+
+
+def _put_args(p: argparse.ArgumentParser) -> None:
+    _client_args(p)
+    p.add_argument("text", metavar="TEXT", help="the value's data (UTF-8 text)")
+    p.add_argument("--type", type=int, default=0, help="value type id (default 0, user data)")
+
+
+@command("put", "store TEXT at KEY on the DHT and report how many nodes took it", _put_args)
+def cmd_put(args: argparse.Namespace, config: Config) -> int:
+    async def main() -> int:
+        node, deadline = await _joined(args, config)
+        value = new_value(args.text.encode(), type=args.type, utype="text/plain")
+        try:
+            stored = await asyncio.wait_for(node.put(InfoHash.from_key(args.key), value),
+                                            _remaining(deadline))
+        except TimeoutError:
+            stored = 0
+        finally:
+            await node.stop()
+        print(format_value(value), flush=True)
+        print(f"stored on {stored} node(s)", file=sys.stderr)
+        return EXIT_OK if stored else EXIT_FAILED
+
+    return run_async(main())
+
+
+def _listen_args(p: argparse.ArgumentParser) -> None:
+    _client_args(p)
+    p.add_argument("--count", type=int, default=0, metavar="N",
+                   help="exit after N values (default: until the timeout)")
+
+
+@command("listen", "print values as they are put at KEY (refreshed/expired ones marked)",
+         _listen_args)
+def cmd_listen(args: argparse.Namespace, config: Config) -> int:
+    async def main() -> int:
+        node, deadline = await _joined(args, config)
+        listen = node.listen(InfoHash.from_key(args.key))
+        received = 0
+
+        async def consume() -> None:
+            nonlocal received
+            async for kind, value in listen:
+                suffix = "" if kind == "add" else f" [{kind}]"
+                print(format_value(value) + suffix, flush=True)
+                received += 1
+                if args.count and received >= args.count:
+                    return
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(consume(), _remaining(deadline))
+        listen.cancel()
+        await node.stop()
+        return EXIT_OK if received else EXIT_FAILED
+
+    return run_async(main())
+
+
+def _node_args(p: argparse.ArgumentParser) -> None:
+    _network_args(p, "default: [dht] port")
+
+
+async def log_stats(node: DhtNode, interval: float) -> None:
+    while interval > 0:
+        await asyncio.sleep(interval)
+        s = node.stats()
+        log.info("stats: ipv4 %d good / %d known, ipv6 %d / %d, %d values (%d bytes), "
+                 "rx %d tx %d, dropped malformed %d network %d rate %d",
+                 s["good4"], s["nodes4"], s["good6"], s["nodes6"], s["values"],
+                 s["storage_bytes"], s.get("received", 0), s.get("sent", 0),
+                 s.get("dropped_malformed", 0), s.get("dropped_network", 0),
+                 s.get("dropped_rate_limit", 0))
+
+
+async def serve_node(cfg: NodeConfig) -> DhtNode:
+    node = DhtNode(cfg)
+    await node.start()
+    log.info("DHT node %s listening on UDP port %d (network %d)", node.id.hex(), node.port,
+             cfg.network)
+    return node
+
+
+@command("node", "run a DHT node until Ctrl-C / SIGTERM (like dhtnode), logging periodic stats",
+         _node_args)
+def cmd_node(args: argparse.Namespace, config: Config) -> int:
+    async def main() -> int:
+        node = await serve_node(node_config(args, config, client=False))
+        stats = asyncio.create_task(log_stats(node, config.log.stats_interval))
+        try:
+            await wait_for_signal()
+        finally:
+            stats.cancel()
+            await node.stop()
+            log.info("stopped")
+        return EXIT_OK
+
+    return run_async(main())
