@@ -254,7 +254,9 @@ class DhtEngine:
             return
         if isinstance(op, ListenOp):
             self.local_listens.get(op.key, []).remove(op)
-        for search in list(getattr(op, "searches", [])):
+        for search in (self.searches[f].get(op.key) for f in (4, 6)):
+            if search is None:
+                continue
             for attr in ("gets", "puts", "listens"):
                 lst = getattr(search, attr)
                 if op in lst:
