@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= conf/sipdht.ini
-APT_PEERS := dhtnode sip-tester baresip sipsak coturn iptables conntrack iproute2 procps
+APT_PEERS := dhtnode python3-opendht sip-tester baresip sipsak coturn iptables conntrack iproute2 procps
 PYTEST_ARGS ?=
 
 .PHONY: run test test-peers venv lint clean

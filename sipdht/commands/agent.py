@@ -9,9 +9,19 @@ import logging
 from ..cli import EXIT_OK, command, load_or_create_identity, run_async, wait_for_signal
 from ..config import Config
 from ..dht.infohash import InfoHash
+from ..dht.node import DhtNode
+from ..dht.secure import SecureDht
 from .dht import log_stats, node_config, serve_node
 
 log = logging.getLogger("sipdht.agent")
+
+
+async def publish_certificate(node: DhtNode, secure: SecureDht) -> None:
+    """Once on the network, keep our certificate on the DHT so peers can encrypt to us."""
+    while not await node.wait_connected(60):
+        log.info("waiting for DHT nodes before publishing the certificate")
+    stored = await secure.publish_certificate()
+    log.info("certificate of %s published on %d node(s)", secure.account_id, stored)
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -31,12 +41,15 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         if not cfg.bootstrap:
             log.warning("no [dht] bootstrap configured: this node waits for others to contact it")
         log.warning("not implemented yet: locator, call signalling, SIP gateway; "
-                    "this agent runs the DHT node only")
-        stats = asyncio.create_task(log_stats(node, config.log.stats_interval))
+                    "this agent runs the DHT node and publishes the account certificate")
+        secure = SecureDht(node, ident)
+        tasks = [asyncio.create_task(log_stats(node, config.log.stats_interval)),
+                 asyncio.create_task(publish_certificate(node, secure))]
         try:
             await wait_for_signal()
         finally:
-            stats.cancel()
+            for task in tasks:
+                task.cancel()
             await node.stop()
             log.info("stopped")
         return EXIT_OK

@@ -9,18 +9,22 @@ import logging
 import sys
 import time
 
+from .. import identity as identity_mod
 from ..cli import (
     EXIT_FAILED,
     EXIT_OK,
     OperationFailed,
     UsageError,
     command,
+    load_identity,
     run_async,
     wait_for_signal,
 )
 from ..config import Config, parse_hostport
+from ..dht.crypto import CryptoError
 from ..dht.infohash import InfoHash
 from ..dht.node import DhtNode, NodeConfig
+from ..dht.secure import SecureDht, SecureValue
 from ..dht.values import Value, new_value
 
 log = logging.getLogger("sipdht.dht")
@@ -55,25 +59,47 @@ def node_config(args: argparse.Namespace, config: Config, client: bool) -> NodeC
     return NodeConfig(
         port=port, bind4=dht.bind4, bind6=dht.bind6, ipv4=dht.ipv4, ipv6=dht.ipv6,
         network=args.network if args.network is not None else dht.network,
-        rate_limit=dht.rate_limit, client_only=client or dht.client_only,
+        rate_limit=dht.rate_limit and not getattr(args, "no_rate_limit", False),
+        client_only=client or dht.client_only,
         max_storage=dht.max_storage_mb * 1024 * 1024,
         bootstrap=args.bootstrap or dht.bootstrap,
         state_file=dht.state_file,
     )
 
 
-def format_value(value: Value) -> str:
-    """`<value id as 16 hex> <type> <data>`: data as text when it is UTF-8, else hex."""
-    if value.cypher is not None:
-        data = value.cypher.hex()
-    else:
-        try:
-            data = value.data.decode("utf-8")
-            if not data.isprintable():
-                data = value.data.hex()
-        except UnicodeDecodeError:
+def format_value(value: Value, signer: str | None = None, encrypted: bool = False) -> str:
+    """`<value id as 16 hex> <type> <data>`: data as text when it is UTF-8, else hex;
+    then `signed-by=<account id>` and `encrypted` when they apply."""
+    try:
+        data = value.data.decode("utf-8")
+        if not data.isprintable():
             data = value.data.hex()
-    return f"{value.id:016x} {value.type} {data}"
+    except UnicodeDecodeError:
+        data = value.data.hex()
+    line = f"{value.id:016x} {value.type} {data}"
+    if signer:
+        line += f" signed-by={signer}"
+    if encrypted:
+        line += " encrypted"
+    return line
+
+
+def format_secure(sv: SecureValue) -> str:
+    return format_value(sv.value, sv.signer, sv.encrypted)
+
+
+def _identity_or_ephemeral(config: Config) -> identity_mod.Identity:
+    """Our identity decrypts values sent to us; without one, only signatures are checked."""
+    key_path, _ = identity_mod.identity_files(config.identity_path)
+    if key_path.exists():
+        return load_identity(config)
+    return identity_mod.generate(identity_mod.MIN_KEY_BITS)
+
+
+def _report_ignored(secure: SecureDht) -> None:
+    if secure.stats:
+        detail = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in sorted(secure.stats.items()))
+        print(f"ignored values: {detail}", file=sys.stderr)
 
 
 async def _joined(args: argparse.Namespace, config: Config) -> tuple[DhtNode, float]:
@@ -94,18 +120,23 @@ def _remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-@command("get", "print the values stored at KEY on the DHT", _client_args)
+@command("get", "print the values stored at KEY on the DHT (signatures checked)", _client_args)
 def cmd_get(args: argparse.Namespace, config: Config) -> int:
+    ident = _identity_or_ephemeral(config)
+
     async def main() -> int:
         node, deadline = await _joined(args, config)
+        secure = SecureDht(node, ident)
         try:
-            values = await asyncio.wait_for(node.get(InfoHash.from_key(args.key)), _remaining(deadline))
+            values = await asyncio.wait_for(secure.get(InfoHash.from_key(args.key)),
+                                            _remaining(deadline))
         except TimeoutError:
             values = []
         finally:
             await node.stop()
-        for value in values:
-            print(format_value(value), flush=True)
+        for sv in values:
+            print(format_secure(sv), flush=True)
+        _report_ignored(secure)
         return EXIT_OK if values else EXIT_FAILED
 
     return run_async(main())
@@ -115,21 +146,46 @@ def _put_args(p: argparse.ArgumentParser) -> None:
     _client_args(p)
     p.add_argument("text", metavar="TEXT", help="the value's data (UTF-8 text)")
     p.add_argument("--type", type=int, default=0, help="value type id (default 0, user data)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--signed", action="store_true",
+                      help="sign with the configured identity (re-putting edits the same value)")
+    mode.add_argument("--encrypt-to", metavar="ACCOUNT_ID",
+                      help="sign, and encrypt so only this account can read it")
 
 
-@command("put", "store TEXT at KEY on the DHT and report how many nodes took it", _put_args)
+async def _put_value(args: argparse.Namespace, node: DhtNode, config: Config) -> tuple[Value, int]:
+    key, data = InfoHash.from_key(args.key), args.text.encode()
+    if not (args.signed or args.encrypt_to):
+        value = new_value(data, type=args.type, utype="text/plain")
+        return value, await node.put(key, value)
+    secure = SecureDht(node, load_identity(config))
+    if args.signed:
+        return await secure.put_signed(key, data, args.type, "text/plain")
+    try:
+        value, stored = await secure.put_encrypted(key, data, config.resolve_account(args.encrypt_to),
+                                                   args.type, "text/plain")
+    except CryptoError as exc:
+        raise OperationFailed(str(exc)) from None
+    return value, stored
+
+
+@command("put", "store TEXT at KEY on the DHT (plain, signed or encrypted) and report how many "
+         "nodes took it", _put_args)
 def cmd_put(args: argparse.Namespace, config: Config) -> int:
+    if args.signed or args.encrypt_to:
+        load_identity(config)   # fail early, before joining, when there is no identity
+
     async def main() -> int:
         node, deadline = await _joined(args, config)
-        value = new_value(args.text.encode(), type=args.type, utype="text/plain")
         try:
-            stored = await asyncio.wait_for(node.put(InfoHash.from_key(args.key), value),
-                                            _remaining(deadline))
+            value, stored = await asyncio.wait_for(_put_value(args, node, config),
+                                                   _remaining(deadline))
         except TimeoutError:
-            stored = 0
+            raise OperationFailed(f"put did not complete within {args.timeout:g} s") from None
         finally:
             await node.stop()
-        print(format_value(value), flush=True)
+        print(format_value(value) if value.cypher is None else f"{value.id:016x} encrypted",
+              flush=True)
         print(f"stored on {stored} node(s)", file=sys.stderr)
         return EXIT_OK if stored else EXIT_FAILED
 
@@ -145,16 +201,19 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
 @command("listen", "print values as they are put at KEY (refreshed/expired ones marked)",
          _listen_args)
 def cmd_listen(args: argparse.Namespace, config: Config) -> int:
+    ident = _identity_or_ephemeral(config)
+
     async def main() -> int:
         node, deadline = await _joined(args, config)
-        listen = node.listen(InfoHash.from_key(args.key))
+        secure = SecureDht(node, ident)
+        listen = secure.listen(InfoHash.from_key(args.key))
         received = 0
 
         async def consume() -> None:
             nonlocal received
-            async for kind, value in listen:
+            async for kind, sv in listen:
                 suffix = "" if kind == "add" else f" [{kind}]"
-                print(format_value(value) + suffix, flush=True)
+                print(format_secure(sv) + suffix, flush=True)
                 received += 1
                 if args.count and received >= args.count:
                     return
@@ -163,6 +222,7 @@ def cmd_listen(args: argparse.Namespace, config: Config) -> int:
             await asyncio.wait_for(consume(), _remaining(deadline))
         listen.cancel()
         await node.stop()
+        _report_ignored(secure)
         return EXIT_OK if received else EXIT_FAILED
 
     return run_async(main())
@@ -170,6 +230,8 @@ def cmd_listen(args: argparse.Namespace, config: Config) -> int:
 
 def _node_args(p: argparse.ArgumentParser) -> None:
     _network_args(p, "default: [dht] port")
+    p.add_argument("--no-rate-limit", "-U", action="store_true",
+                   help="disable the per-IP and global query limits (as dhtnode -U)")
 
 
 async def log_stats(node: DhtNode, interval: float) -> None:

@@ -102,6 +102,7 @@ class GetOp:
     id: int
     key: InfoHash
     query: Query | None
+    started: float = 0.0
     searches: set = field(default_factory=set)
     seen: set = field(default_factory=set)
     ok: bool = False
@@ -208,8 +209,11 @@ class DhtEngine:
     # --- operations -------------------------------------------------------------------------
 
     def bootstrap(self, addrs: list[Addr], now: float) -> None:
+        """Ping these nodes now, and again (backing off) while we know no good node."""
         self._bootstrap = list(addrs)
-        self._ping_bootstrap(now)
+        for addr in addrs:
+            self.ping(addr, now)
+        self._at(now + self._bootstrap_wait, self._ping_bootstrap)
 
     def ping(self, addr: Addr, now: float, node: Node | None = None) -> None:
         self._request(addr, node, "ping", {}, now, on_reply=lambda m, t: None)
@@ -223,7 +227,7 @@ class DhtEngine:
         return [n for t in self.tables.values() for n in t.nodes() if n.is_good(now)]
 
     def get(self, key: InfoHash, now: float, query: Query | None = None) -> int:
-        op = GetOp(next(self._op_ids), key, query)
+        op = GetOp(next(self._op_ids), key, query, now)
         self.ops[op.id] = op
         local = self.storage.get(key, query, now)
         self._deliver_get(op, local)
@@ -596,6 +600,8 @@ class DhtEngine:
             getattr(search, attr).append(op)
             if isinstance(op, ListenOp):
                 op.searches.append(search)
+                for other in search.listens[:-1]:     # already subscribed: no new push
+                    self._listen_values(op, "add", list(other.known.values()))
             else:
                 op.searches.add(search)
         for search in list(op.searches):
@@ -622,10 +628,11 @@ class DhtEngine:
         self._refill(search, now)
         live = search.live()
         inflight = search.in_flight()
+        newest_get = max((op.started for op in search.gets), default=float("-inf"))
         for sn in live[:TARGET_NODES]:
             if inflight >= MAX_IN_FLIGHT:
                 break
-            if not sn.pending and not sn.synced(now):
+            if not sn.pending and (not sn.synced(now) or sn.last_get < newest_get):
                 self._send_get(search, sn, now)
                 inflight += 1
         synced = search.synced_nodes(now)
@@ -648,6 +655,8 @@ class DhtEngine:
             if msg.kind == "e":
                 sn.failed = True
             else:
+                if name == "get":
+                    sn.last_get = now
                 self._search_reply(search, sn, msg, t)
             self._step(search, t)
 
@@ -671,10 +680,10 @@ class DhtEngine:
 
     def _synced(self, search: Search, synced: list[SearchNode], now: float) -> None:
         hops = 1 + max(sn.depth for sn in synced)
-        for op in search.gets:
+        for op in [op for op in search.gets if all(sn.last_get >= op.started for sn in synced)]:
             op.ok, op.hops = True, max(op.hops, hops)
+            search.gets.remove(op)
             self._search_done(op, search)
-        search.gets.clear()
         for op in list(search.puts):
             self._put_step(search, op, synced, now)
         for sn in synced[:LISTEN_NODES] if search.listens else ():
@@ -706,33 +715,33 @@ class DhtEngine:
     # --- put and listen on a synced search --------------------------------------------------
 
     def _put_step(self, search: Search, op: PutOp, synced: list[SearchNode], now: float) -> None:
-        vid = op.value.id
+        tag = op.id   # per put operation: a new put of the same value id is sent again
         for sn in synced:
-            if vid not in sn.acked and vid not in sn.put_pending:
+            if tag not in sn.acked and tag not in sn.put_pending:
                 self._send_put(search, sn, op, now)
-        if all(vid in sn.acked for sn in synced):
+        if all(tag in sn.acked for sn in synced):
             if not op.permanent:
                 search.puts.remove(op)
             self._search_done(op, search)
 
     def _send_put(self, search: Search, sn: SearchNode, op: PutOp, now: float) -> None:
-        vid = op.value.id
-        sn.put_pending.add(vid)
+        tag = op.id   # per put operation: a new put of the same value id is sent again
+        sn.put_pending.add(tag)
 
         def on_reply(msg: Message, t: float) -> None:
-            sn.put_pending.discard(vid)
+            sn.put_pending.discard(tag)
             if msg.kind == "e":
                 if msg.error and msg.error[0] == UNAUTHORIZED:
                     sn.forget_token()
                 else:
                     sn.failed = True
             else:
-                sn.acked[vid] = t
+                sn.acked[tag] = t
                 op.stored.add(sn.node.id)
             self._step(search, t)
 
         def on_expire(t: float) -> None:
-            sn.put_pending.discard(vid)
+            sn.put_pending.discard(tag)
             sn.failed = True
             self._step(search, t)
 
@@ -781,31 +790,31 @@ class DhtEngine:
         self._at(now + LISTEN_REFRESH, lambda t: self._search_refresh(search, t))
 
     def _reannounce(self, search: Search, op: PutOp, now: float) -> None:
-        vid = op.value.id
+        tag = op.id
         margin = type_expiration(op.value.type) - REANNOUNCE_MARGIN - LISTEN_REFRESH
         for sn in search.nodes:
-            acked = sn.acked.get(vid)
-            if acked is None or acked > now - margin or sn.failed or vid in sn.put_pending:
+            acked = sn.acked.get(tag)
+            if acked is None or acked > now - margin or sn.failed or tag in sn.put_pending:
                 continue
             self._send_refresh(search, sn, op, now)
 
     def _send_refresh(self, search: Search, sn: SearchNode, op: PutOp, now: float) -> None:
-        vid = op.value.id
-        sn.put_pending.add(vid)
+        tag, vid = op.id, op.value.id
+        sn.put_pending.add(tag)
 
         def on_reply(msg: Message, t: float) -> None:
-            sn.put_pending.discard(vid)
+            sn.put_pending.discard(tag)
             if msg.kind == "e":     # 404: the node lost it; 401: re-get a token. Put again.
-                sn.acked.pop(vid, None)
+                sn.acked.pop(tag, None)
                 if msg.error and msg.error[0] == UNAUTHORIZED:
                     sn.forget_token()
             else:
-                sn.acked[vid] = t
+                sn.acked[tag] = t
             self._step(search, t)
 
         def on_expire(t: float) -> None:
-            sn.put_pending.discard(vid)
-            sn.acked.pop(vid, None)
+            sn.put_pending.discard(tag)
+            sn.acked.pop(tag, None)
             sn.failed = True
             self._step(search, t)
 

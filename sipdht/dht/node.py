@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import events as ev
+from .crypto import verify_value
 from .engine import DhtEngine, family_of
 from .infohash import InfoHash
 from .messages import Addr
@@ -98,7 +99,7 @@ class DhtNode:
         families = tuple(f for f, on in ((4, cfg.ipv4), (6, cfg.ipv6)) if on)
         self.engine = DhtEngine(cfg.node_id, network=cfg.network, rate_limit=cfg.rate_limit,
                                 max_storage=cfg.max_storage, client_only=cfg.client_only,
-                                policy=cfg.policy, families=families, now=loop.time(),
+                                policy=cfg.policy or EditPolicy(verify_value), families=families, now=loop.time(),
                                 epoch_offset=time.time() - loop.time())
         await self._bind(families)
         self.engine.families = tuple(self._transports)
@@ -299,6 +300,12 @@ class DhtNode:
         listen = self._listens[op] = Listen(self, op)
         self._after()
         return listen
+
+    async def put_permanent(self, key: InfoHash, value: Value) -> tuple[int, int]:
+        """Store and keep refreshing a value until `cancel_put(op)`; -> (op, nodes that took it)."""
+        op = self.engine.put(key, value, self._now(), permanent=True)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        return op, await self._await(op, fut)  # type: ignore[return-value]
 
     def cancel_put(self, op: int) -> None:
         self._cancel(op)

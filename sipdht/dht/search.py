@@ -28,12 +28,13 @@ class SearchNode:
     depth: int = 0                  # lookup hops: 0 = from our routing table
     token: bytes | None = None
     last_reply: float = float("-inf")
+    last_get: float = float("-inf")     # when the last answered `get` was sent
     pending: bool = False
     failed: bool = False
     listen_sid: int | None = None
     listen_pending: bool = False
     listen_time: float = float("-inf")
-    acked: dict[int, float] = field(default_factory=dict)    # value id -> time acknowledged
+    acked: dict[int, float] = field(default_factory=dict)    # put op id -> time acknowledged
     put_pending: set[int] = field(default_factory=set)
 
     def synced(self, now: float) -> bool:
