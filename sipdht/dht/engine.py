@@ -9,6 +9,7 @@ drops is counted in `stats`.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -65,15 +66,25 @@ def family_of(addr: Addr) -> int:
 
 def is_martian(addr: Addr) -> bool:
     """Sources OpenDHT refuses outright: port 0, 0.x, multicast and above, ::, v4-mapped."""
+    return addr[1] == 0 or _martian_ip(addr[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _martian_ip(host: str) -> bool:
     try:
-        ip = ipaddress.ip_address(addr[0])
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return True
-    if addr[1] == 0 or ip.is_unspecified or ip.is_multicast:
+    if ip.is_unspecified or ip.is_multicast:
         return True
     if ip.version == 4:
         return ip.packed[0] == 0 or ip.packed[0] >= 224
     return ip.ipv4_mapped is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
 
 
 @dataclass(eq=False)
@@ -362,18 +373,18 @@ class DhtEngine:
     def _learn(self, msg: Message, addr: Addr, now: float) -> list[Node]:
         """Insert the nodes a reply lists; loopback entries from a remote sender use its IP."""
         learnt = []
-        sender_loopback = ipaddress.ip_address(addr[0]).is_loopback
+        sender_loopback = _is_loopback(addr[0])
         for fam, entries in ((4, msg.n4), (6, msg.n6)):
             for nid, naddr in entries:
                 if nid == self.id or is_martian(naddr):
                     continue
-                if ipaddress.ip_address(naddr[0]).is_loopback and not sender_loopback:
+                if _is_loopback(naddr[0]) and not sender_loopback:
                     if family_of(addr) != fam:
                         continue
                     naddr = (addr[0], naddr[1])
                 node = self.tables[fam].update(nid, naddr, now, 0)
-                if node is not None:
-                    learnt.append(node)
+                # A full bucket only caches the node, but searches still need it.
+                learnt.append(node if node is not None else Node(nid, naddr))
         return learnt
 
     # --- serving queries --------------------------------------------------------------------
@@ -384,8 +395,16 @@ class DhtEngine:
             return
         self.stats[f"query_{msg.query}"] += 1
         if not msg.client:
-            self.tables[family_of(addr)].update(msg.id, addr, now, 1)
+            self._heard_query(msg.id, addr, now)
         getattr(self, f"_serve_{msg.query}")(msg, addr, now)
+
+    def _heard_query(self, node_id: InfoHash, addr: Addr, now: float) -> None:
+        """A newcomer that queries us is pinged once, so it can become good and be shared."""
+        table = self.tables[family_of(addr)]
+        known = table.find(node_id) is not None
+        node = table.update(node_id, addr, now, 1)
+        if node is not None and not known and not node.is_good(now):
+            self.ping(addr, now, node)
 
     def _serve_ping(self, msg: Message, addr: Addr, now: float) -> None:
         self._reply(msg, addr, {})
@@ -694,7 +713,7 @@ class DhtEngine:
         for op in search.gets:
             self._search_done(op, search)
         search.gets.clear()
-        for op in search.puts:
+        for op in list(search.puts):
             if not op.permanent:
                 search.puts.remove(op)
             self._search_done(op, search)
@@ -850,6 +869,10 @@ class DhtEngine:
                               on_reply=lambda m, t: self._learn_reply(m, t))
             for node in table.dubious(now)[:4]:
                 self.ping(node.addr, now, node)
+        if 0 < len(good) < TARGET_NODES:
+            for fam in self.families:
+                if len(self.tables[fam]):
+                    self._step(self._search(self.id, fam, now), now)   # fill our neighbourhood
         if self._connected and not good:
             self._connected = False
             self._events.append(ev.Connectivity(0))

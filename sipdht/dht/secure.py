@@ -143,11 +143,15 @@ class SecureDht:
         return (max(seqs) + 1) & 0xFFFF if seqs else 0
 
     async def put_encrypted(self, key: InfoHash, data: bytes, to: str, type: int = 0,
-                            utype: str = "") -> tuple[Value, int]:
-        """Sign for and encrypt to account `to` (its certificate is looked up on the DHT)."""
-        recipient = await self.find_public_key(to)
+                            utype: str = "", recipient_key: rsa.RSAPublicKey | None = None
+                            ) -> tuple[Value, int]:
+        """Sign for and encrypt to account `to`. Its key is looked up on the DHT unless given
+        (e.g. taken from a value it signed); either way it must hash to `to`."""
+        recipient = recipient_key or await self.find_public_key(to)
         if recipient is None:
             raise CryptoError(f"no certificate found on the DHT for account {to}")
+        if key_id(public_key_der(recipient)).hex() != to:
+            raise CryptoError(f"the key given for {to} belongs to another account")
         clear = Value(id=random_id(), type=type, data=data, utype=utype)
         value = encrypt_value(self.identity, clear, recipient)
         return value, await self.node.put(key, value)
