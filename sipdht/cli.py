@@ -84,6 +84,8 @@ def setup_logging(config: Config, verbose: bool) -> None:
         handlers.append(logging.FileHandler(config.log.file))
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:   # aioice logs every candidate pair at INFO
+        logging.getLogger("aioice").setLevel(logging.WARNING)
 
 
 def load_identity(config: Config, location: str | Path | None = None) -> identity.Identity:

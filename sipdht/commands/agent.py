@@ -1,57 +1,155 @@
-"""`sipdht run`: the long-running agent."""
+"""`sipdht run`, `lookup` and `ping`: the agent and its link to other agents."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import statistics
+import sys
+import time
 
-from ..cli import EXIT_OK, command, load_or_create_identity, run_async, wait_for_signal
+from ..agent import Agent, CallFailed, agent_node_config
+from ..cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    OperationFailed,
+    command,
+    load_identity,
+    load_or_create_identity,
+    run_async,
+    wait_for_signal,
+)
 from ..config import Config
-from ..dht.infohash import InfoHash
-from ..dht.node import DhtNode
-from ..dht.secure import SecureDht
-from .dht import log_stats, node_config, serve_node
+from ..link import CHANNEL_ECHO, LinkError
+from .dht import client_options, log_stats, node_config
 
 log = logging.getLogger("sipdht.agent")
-
-
-async def publish_certificate(node: DhtNode, secure: SecureDht) -> None:
-    """Once on the network, keep our certificate on the DHT so peers can encrypt to us."""
-    while not await node.wait_connected(60):
-        log.info("waiting for DHT nodes before publishing the certificate")
-    stored = await secure.publish_certificate()
-    log.info("certificate of %s published on %d node(s)", secure.account_id, stored)
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(port=None, bootstrap=None, network=None)
 
 
-@command("run", "run the agent until Ctrl-C / SIGTERM (creates the identity on first start)",
-         _run_args)
+@command("run", "run the agent until Ctrl-C / SIGTERM: DHT node, contact record, incoming "
+         "links (creates the identity on first start)", _run_args)
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     ident = load_or_create_identity(config)
     log.info("account %s (config %s)", ident.account_id, config.source or "built-in defaults")
 
     async def main() -> int:
-        cfg = node_config(args, config, client=False)
-        cfg.node_id = InfoHash(ident.node_id)
-        node = await serve_node(cfg)
+        cfg = agent_node_config(node_config(args, config, client=False), ident)
+        agent = Agent(config, ident, cfg, serve=True)
         if not cfg.bootstrap:
             log.warning("no [dht] bootstrap configured: this node waits for others to contact it")
-        log.warning("not implemented yet: locator, call signalling, SIP gateway; "
-                    "this agent runs the DHT node and publishes the account certificate")
-        secure = SecureDht(node, ident)
-        tasks = [asyncio.create_task(log_stats(node, config.log.stats_interval)),
-                 asyncio.create_task(publish_certificate(node, secure))]
+        joined = await agent.start(join_timeout=0.1 if not cfg.bootstrap else 10.0)
+        log.info("DHT node %s on UDP port %d (%s)", agent.node.id.hex(), agent.node.port,
+                 "joined" if joined else "not joined yet")
+        log.warning("not implemented yet: SIP gateway; this agent serves DHT lookups and links")
+        stats = asyncio.create_task(log_stats(agent.node, config.log.stats_interval))
         try:
             await wait_for_signal()
         finally:
-            for task in tasks:
-                task.cancel()
-            await node.stop()
+            stats.cancel()
+            await agent.stop()
             log.info("stopped")
+        return EXIT_OK
+
+    return run_async(main())
+
+
+async def _client_agent(args: argparse.Namespace, config: Config, serve: bool = False) -> Agent:
+    ident = load_identity(config) if not serve else load_or_create_identity(config)
+    cfg = node_config(args, config, client=True)
+    if not cfg.bootstrap and not (cfg.state_file and cfg.state_file.exists()):
+        from ..cli import UsageError
+        raise UsageError("no bootstrap node: pass --bootstrap HOST:PORT or set [dht] bootstrap")
+    agent = Agent(config, ident, cfg, serve=False)
+    if not await agent.start(join_timeout=args.timeout):
+        await agent.stop()
+        raise OperationFailed(f"no DHT node answered within {args.timeout:g} s")
+    return agent
+
+
+def _lookup_args(p: argparse.ArgumentParser, timeout: float | None = 30.0) -> None:
+    client_options(p, timeout)
+    p.add_argument("account", metavar="ACCOUNT_ID", help="account id or [contacts] alias")
+
+
+@command("lookup", "is ACCOUNT_ID online? its devices and contact record age", _lookup_args)
+def cmd_lookup(args: argparse.Namespace, config: Config) -> int:
+    account = config.resolve_account(args.account)
+
+    async def main() -> int:
+        agent = await _client_agent(args, config)
+        try:
+            found = await asyncio.wait_for(agent.lookup(account), args.timeout)
+        except TimeoutError:
+            raise OperationFailed(f"lookup did not complete within {args.timeout:g} s") from None
+        finally:
+            await agent.stop()
+        age = found.record_age
+        print(f"{account} {'online' if found.online else 'offline'}"
+              + (f" record-age={age:.0f}s" if age is not None else " no-record"))
+        for dev in found.devices:
+            print(f"  device {dev.id} {'online' if dev.online else 'offline'} "
+                  f"age={dev.age:.0f}s {' '.join(dev.protocols)}")
+        return EXIT_OK if found.online else EXIT_FAILED
+
+    return run_async(main())
+
+
+def _ping_args(p: argparse.ArgumentParser) -> None:
+    _lookup_args(p, timeout=None)
+    p.add_argument("--count", "-c", type=int, default=3, metavar="N", help="link pings (default 3)")
+    p.add_argument("--data", type=int, default=0, metavar="BYTES",
+                   help="also send BYTES through the peer's echo channel and check them")
+
+
+def print_breakdown(account: str, bd, out=sys.stdout) -> None:
+    rtt = statistics.median(bd.rtt_ms) if bd.rtt_ms else float("nan")
+    print(f"link to {account}: lookup {bd.lookup_ms:.0f} ms, gather {bd.gather_ms:.0f} ms, "
+          f"signalling {bd.signalling_ms:.0f} ms, ICE {bd.ice_ms:.0f} ms, "
+          f"RTT {rtt:.2f} ms (median of {len(bd.rtt_ms)}), path {bd.path}", file=out, flush=True)
+
+
+async def exchange_data(link, size: int) -> None:
+    """Send `size` bytes in chunks to the peer's echo channel and check what comes back."""
+    sent = bytes(i % 251 for i in range(size))
+    for i in range(0, size, 1000):
+        await link.send(CHANNEL_ECHO, sent[i:i + 1000])
+    got = b""
+    while len(got) < size:
+        got += await link.recv(CHANNEL_ECHO, timeout=5)
+    if got != sent:
+        raise OperationFailed("link data integrity check failed")
+
+
+@command("ping", "open a link to ACCOUNT_ID's running agent and print the setup breakdown "
+         "(lookup, signalling, ICE, RTT, path type)", _ping_args)
+def cmd_ping(args: argparse.Namespace, config: Config) -> int:
+    account = config.resolve_account(args.account)
+    args.timeout = args.timeout or config.ice.timeout
+
+    async def main() -> int:
+        start = time.monotonic()
+        agent = await _client_agent(args, config)
+        try:
+            link, bd = await agent.connect(account, max(1.0, args.timeout - (time.monotonic() - start)))
+            try:
+                for _ in range(max(1, args.count)):
+                    bd.rtt_ms.append(await link.ping() * 1000)
+                if args.data:
+                    await exchange_data(link, args.data)
+            finally:
+                await link.close("ping done")
+        except CallFailed as exc:
+            raise OperationFailed(str(exc)) from None
+        except LinkError as exc:
+            raise OperationFailed(f"link failed: {exc}") from None
+        finally:
+            await agent.stop()
+        print_breakdown(account, bd)
         return EXIT_OK
 
     return run_async(main())

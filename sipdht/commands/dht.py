@@ -44,10 +44,14 @@ def _network_args(p: argparse.ArgumentParser, default_port: str) -> None:
     p.add_argument("--network", "-n", type=int, metavar="N", help="network id (default: [dht] network)")
 
 
-def _client_args(p: argparse.ArgumentParser) -> None:
+def client_options(p: argparse.ArgumentParser, timeout: float | None = 30.0) -> None:
     _network_args(p, "default 0")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="give up after this long (default 30)")
+    p.add_argument("--timeout", type=float, default=timeout, metavar="SECONDS",
+                   help=f"give up after this long (default {timeout or '[ice] timeout'})")
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    client_options(p)
     p.add_argument("key", metavar="KEY", help="40 hex characters, or any text (hashed with SHA-1)")
 
 
