@@ -136,6 +136,7 @@ class ListenOp:
     id: int
     key: InfoHash
     known: dict[int, Value] = field(default_factory=dict)
+    expires: dict[int, float] = field(default_factory=dict)   # like a storer, by value type
     searches: list = field(default_factory=list)
 
 
@@ -170,6 +171,7 @@ class DhtEngine:
         self._bootstrap: list[Addr] = []
         self._bootstrap_wait = BOOTSTRAP_RETRY
         self._connected = False
+        self.now = now          # last time given to any entry point
         self._at(now + HOUSEKEEPING, self._housekeeping)
         self._at(now + random.uniform(5, 25), self._maintain)
 
@@ -186,6 +188,7 @@ class DhtEngine:
         return self._timers[0][0] if self._timers else None
 
     def handle_timer(self, now: float) -> None:
+        self.now = now
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
@@ -195,6 +198,7 @@ class DhtEngine:
         return self._events.popleft() if self._events else None
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        self.now = now
         self.stats["received"] += 1
         if is_martian(addr):
             self.stats["dropped_martian"] += 1
@@ -238,6 +242,7 @@ class DhtEngine:
         return [n for t in self.tables.values() for n in t.nodes() if n.is_good(now)]
 
     def get(self, key: InfoHash, now: float, query: Query | None = None) -> int:
+        self.now = now
         op = GetOp(next(self._op_ids), key, query, now)
         self.ops[op.id] = op
         local = self.storage.get(key, query, now)
@@ -246,6 +251,7 @@ class DhtEngine:
         return op.id
 
     def put(self, key: InfoHash, value: Value, now: float, permanent: bool = False) -> int:
+        self.now = now
         op = PutOp(next(self._op_ids), key, value, permanent)
         self.ops[op.id] = op
         result = self.storage.store(key, value, now)
@@ -255,6 +261,7 @@ class DhtEngine:
         return op.id
 
     def listen(self, key: InfoHash, now: float) -> int:
+        self.now = now
         op = ListenOp(next(self._op_ids), key)
         self.ops[op.id] = op
         self.local_listens.setdefault(key, []).append(op)
@@ -550,7 +557,9 @@ class DhtEngine:
 
     def _on_error(self, msg: Message, addr: Addr, now: float) -> None:
         req = self.requests.get(msg.tid)
-        self.stats[f"error_received_{msg.error[0] if msg.error else 0}"] += 1
+        code = msg.error[0] if msg.error else 0
+        known = code in (NON_AUTHORITATIVE_INFORMATION, UNAUTHORIZED, NOT_FOUND)
+        self.stats[f"error_received_{code if known else 'other'}"] += 1
         if req is None or req.addr != addr:
             self.stats["unmatched_reply"] += 1
             return
@@ -587,16 +596,19 @@ class DhtEngine:
 
     def _listen_values(self, op: ListenOp, kind: str, values: list[Value]) -> None:
         fresh = [v for v in values if op.known.get(v.id) != v]
-        for v in fresh:
+        for v in values:
             op.known[v.id] = v
+            op.expires[v.id] = self.now + type_expiration(v.type)
         if fresh:
             self._events.append(ev.ListenValues(op.id, kind, fresh))
 
     def _listen_ids(self, op: ListenOp, kind: str, vids: list[int]) -> None:
         values = [op.known[vid] for vid in vids if vid in op.known]
-        if kind == "expire":
-            for v in values:
-                del op.known[v.id]
+        for v in values:
+            if kind == "expire":
+                del op.known[v.id], op.expires[v.id]
+            else:
+                op.expires[v.id] = self.now + type_expiration(v.type)
         if values:
             self._events.append(ev.ListenValues(op.id, kind, values))
 
@@ -891,10 +903,20 @@ class DhtEngine:
             self._notify(key, now, expired=vids)
         self.storage.expire_listeners(now)
         self.reassembler.expire(now)
+        self.stats["dropped_fragments"] = self.reassembler.dropped
+        self._expire_listen_caches(now)
         if now >= self.tokens.next_rotation:
             self.tokens.rotate(now)
         self._drop_idle_searches(now)
         self._at(now + HOUSEKEEPING, self._housekeeping)
+
+    def _expire_listen_caches(self, now: float) -> None:
+        """Forget values no storer would still hold, so long listens stay bounded."""
+        for op in self.ops.values():
+            if isinstance(op, ListenOp):
+                stale = [vid for vid, t in op.expires.items() if t <= now]
+                for vid in stale:
+                    del op.known[vid], op.expires[vid]
 
     def _drop_idle_searches(self, now: float, force: bool = False) -> None:
         for searches in self.searches.values():

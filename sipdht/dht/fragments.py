@@ -40,23 +40,32 @@ def fragment_datagrams(tid: int, packed: list[bytes], network: int = 0) -> list[
     return out
 
 
+MAX_VALUES_PER_MESSAGE = 64
+
+
 @dataclass
 class Partial:
     first: float
     last: float
     message: Message | None = None
     buffers: dict[int, bytearray] = field(default_factory=dict)
-    received: dict[int, int] = field(default_factory=dict)
-    early: list[Message] = field(default_factory=list)  # fragments before their header
-    size: int = 0
+    chunks: dict[int, set[int]] = field(default_factory=dict)   # offsets received per value
+    got: dict[int, int] = field(default_factory=dict)           # bytes received per value
+    early: list[Message] = field(default_factory=list)          # fragments before their header
+    size: int = 0                                               # bytes charged to the budget
 
     def complete(self) -> bool:
         sizes = self.message.value_sizes if self.message else None
-        return sizes is not None and all(self.received.get(i, 0) >= n for i, n in enumerate(sizes))
+        return sizes is not None and all(self.got.get(i, 0) >= n for i, n in enumerate(sizes))
 
 
 class Reassembler:
-    """Bounded reassembly of fragmented messages; everything it gives up on is counted."""
+    """Bounded reassembly of fragmented messages; everything it gives up on is counted.
+
+    Budget: the announced sizes of every partial (and early fragments) count against
+    MAX_PARTIAL_BYTES before any buffer is allocated, so a header cannot reserve memory
+    it will never fill.
+    """
 
     def __init__(self) -> None:
         self.partials: dict[tuple[Addr, int], Partial] = {}
@@ -66,18 +75,22 @@ class Reassembler:
     def header(self, msg: Message, addr: Addr, now: float) -> Message | None:
         """A message whose values come as fragments; returns it when already complete."""
         sizes = msg.value_sizes or []
-        if any(n > MAX_VALUE_SIZE + 32 for n in sizes):
+        if len(sizes) > MAX_VALUES_PER_MESSAGE or any(n > MAX_VALUE_SIZE + 32 for n in sizes):
             self.dropped += 1
             return None
-        part = self._partial((addr, msg.tid), now)
+        key = (addr, msg.tid)
+        part = self._partial(key, now)
         if part is None:
             return None
-        part.message = msg
-        part.buffers = {i: bytearray(n) for i, n in enumerate(sizes)}
-        for early in part.early:
-            self._add(part, early)
-        part.early.clear()
-        return self._finish((addr, msg.tid), part)
+        early = part.early if part.message is None else []
+        self._charge(part, sum(sizes) - part.size)     # early bytes are part of the sizes
+        if self.total > MAX_PARTIAL_BYTES:
+            return self._give_up(key)
+        part.message, part.early = msg, []
+        part.buffers, part.chunks, part.got = {}, {}, {}
+        for frag in early:
+            self._add(part, frag)
+        return self._finish(key, part)
 
     def fragment(self, frag: Message, addr: Addr, now: float) -> Message | None:
         key = (addr, frag.tid)
@@ -87,7 +100,9 @@ class Reassembler:
         part.last = now
         if part.message is None:
             part.early.append(frag)
-            self._account(part, sum(len(d) for _, d in frag.fragments.values()))
+            self._charge(part, sum(len(d) for _, d in frag.fragments.values()))
+            if self.total > MAX_PARTIAL_BYTES:
+                self._give_up(key)
             return None
         self._add(part, frag)
         return self._finish(key, part)
@@ -95,8 +110,7 @@ class Reassembler:
     def expire(self, now: float) -> None:
         for key, part in list(self.partials.items()):
             if now - part.first > RX_MAX_PACKET_TIME or now - part.last > RX_TIMEOUT:
-                self._drop(key)
-                self.dropped += 1
+                self._give_up(key)
 
     def _partial(self, key, now: float) -> Partial | None:
         if key in self.partials:
@@ -107,36 +121,42 @@ class Reassembler:
         part = self.partials[key] = Partial(first=now, last=now)
         return part
 
-    def _account(self, part: Partial, n: int) -> None:
+    def _charge(self, part: Partial, n: int) -> None:
         part.size += n
         self.total += n
 
     def _add(self, part: Partial, frag: Message) -> None:
+        sizes = part.message.value_sizes if part.message else None
         for idx, (offset, chunk) in frag.fragments.items():
-            buf = part.buffers.get(idx)
-            if buf is None or offset + len(chunk) > len(buf) or not chunk:
+            if sizes is None or idx >= len(sizes) or not chunk or offset + len(chunk) > sizes[idx]:
                 continue
+            seen = part.chunks.setdefault(idx, set())
+            if offset in seen:
+                continue
+            buf = part.buffers.get(idx)
+            if buf is None:
+                buf = part.buffers[idx] = bytearray(sizes[idx])
             buf[offset:offset + len(chunk)] = chunk
-            part.received[idx] = max(part.received.get(idx, 0), offset + len(chunk))
-            self._account(part, len(chunk))
+            seen.add(offset)
+            part.got[idx] = part.got.get(idx, 0) + len(chunk)
 
     def _finish(self, key, part: Partial) -> Message | None:
-        if self.total > MAX_PARTIAL_BYTES:
-            self._drop(key)
-            self.dropped += 1
-            return None
         if not part.complete():
             return None
         self._drop(key)
         msg = part.message
         assert msg is not None
         try:
-            msg.values = [unpackb(bytes(part.buffers[i])) for i in range(len(part.buffers))]
-        except MalformedValue:
+            msg.values = [unpackb(bytes(part.buffers[i])) for i in range(len(msg.value_sizes or []))]
+        except (MalformedValue, KeyError):
             self.dropped += 1
             return None
         msg.value_sizes = None
         return msg
+
+    def _give_up(self, key) -> None:
+        self._drop(key)
+        self.dropped += 1
 
     def _drop(self, key) -> None:
         part = self.partials.pop(key, None)

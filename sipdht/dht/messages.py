@@ -203,7 +203,7 @@ def _fragments(p: Any, msg: Message) -> None:
 
 
 def _error(e: Any) -> tuple[int, str]:
-    if type(e) is not list or not e or type(e[0]) is not int:
+    if type(e) is not list or not e or type(e[0]) is not int or not 0 <= e[0] < 1000:
         raise MalformedMessage("e: expected [code, message]")
     text = e[1] if len(e) > 1 and type(e[1]) is str else ""
     return e[0], text
@@ -234,7 +234,8 @@ def decode(data: bytes) -> Message:
         msg.kind = "u"
         _body(obj["u"], msg)
     else:
-        if obj.get("y") != "q" or obj.get("q") not in QUERIES:
+        name = obj.get("q")
+        if obj.get("y") != "q" or type(name) is not str or name not in QUERIES:
             raise MalformedMessage("not a known query")
         msg.query = obj["q"]
         _body(obj.get("a"), msg)

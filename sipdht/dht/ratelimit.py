@@ -1,11 +1,13 @@
 """Limits on incoming queries, per source IP and global, as OpenDHT applies them.
 
-OpenDHT counts requests in a sliding second; a token bucket refilled at the same
-rate with a one-second burst admits the same traffic in O(1) memory per IP.
+OpenDHT counts requests in a sliding second. Two fixed one-second windows, the
+previous one weighted by how much of it still overlaps, approximate that sliding
+second in O(1) memory per IP (the usual sliding-window-counter technique).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 MAX_REQUESTS_PER_SEC = 8192
@@ -14,18 +16,24 @@ MAX_TRACKED_IPS = 65536
 
 
 @dataclass
-class TokenBucket:
-    rate: float
-    tokens: float
-    last: float
+class SlidingWindow:
+    rate: int
+    start: float = -math.inf
+    current: int = 0
+    previous: int = 0
 
     def allow(self, now: float) -> bool:
-        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens < 1.0:
+        second = math.floor(now)
+        if second != self.start:
+            self.previous = self.current if second == self.start + 1 else 0
+            self.current, self.start = 0, second
+        if self.previous * (1.0 - (now - second)) + self.current >= self.rate:
             return False
-        self.tokens -= 1.0
+        self.current += 1
         return True
+
+    def idle(self, now: float) -> bool:
+        return now - self.start >= 2.0
 
 
 class QueryLimits:
@@ -33,21 +41,23 @@ class QueryLimits:
                  total: int = MAX_REQUESTS_PER_SEC) -> None:
         self.enabled = enabled
         self.per_ip_rate = per_ip
-        self.total = TokenBucket(total, total, 0.0)
-        self.per_ip: dict[str, TokenBucket] = {}
+        self.total = SlidingWindow(total)
+        self.per_ip: dict[str, SlidingWindow] = {}
 
     def allow(self, ip: str, now: float) -> bool:
         if not self.enabled:
             return True
-        bucket = self.per_ip.get(ip)
-        if bucket is None:
+        window = self.per_ip.get(ip)
+        if window is None:
             if len(self.per_ip) >= MAX_TRACKED_IPS:
                 self.prune(now)
-            bucket = self.per_ip[ip] = TokenBucket(self.per_ip_rate, self.per_ip_rate, now)
-        return bucket.allow(now) and self.total.allow(now)
+                if len(self.per_ip) >= MAX_TRACKED_IPS:
+                    return False        # that many active sources: refuse newcomers
+            window = self.per_ip[ip] = SlidingWindow(self.per_ip_rate)
+        return window.allow(now) and self.total.allow(now)
 
     def prune(self, now: float) -> None:
-        """Forget IPs idle for a second (their bucket is full again anyway)."""
-        for ip, bucket in list(self.per_ip.items()):
-            if bucket.last <= now - 1.0:
+        """Forget IPs whose windows no longer matter."""
+        for ip, window in list(self.per_ip.items()):
+            if window.idle(now):
                 del self.per_ip[ip]

@@ -13,12 +13,11 @@ import pytest
 from sipdht import identity
 from sipdht.dht.crypto import sign_value
 from sipdht.dht.infohash import InfoHash
-from sipdht.dht.node import DhtNode, NodeConfig
 from sipdht.dht.secure import SecureDht
 from sipdht.dht.storage import EditPolicy
 from sipdht.dht.values import Value, new_value
 from tests.harness.dhtnode import Dhtnode
-from tests.interop.test_dht_dhtnode import async_test, collect, our_node, wait_line
+from tests.interop.test_dht_dhtnode import async_test, our_node, wait_line
 
 pytestmark = pytest.mark.interop
 PROBE = Path(__file__).resolve().parent.parent / "harness" / "opendht_probe.py"

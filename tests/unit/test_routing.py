@@ -18,7 +18,7 @@ from sipdht.dht.routing import (
 
 TOP = 1 << 159  # ids >= TOP share no prefix bit with ME
 ME = InfoHash(bytes(20))
-ADDR = ("192.0.2.1", 4222)
+ADDR = ("203.0.113.1", 4222)
 T0 = 1000.0
 
 
@@ -27,7 +27,7 @@ def h(n: int) -> InfoHash:
 
 
 def addr(i: int) -> tuple[str, int]:
-    return (f"192.0.2.{i % 250 + 1}", 4000 + i)
+    return (f"203.0.113.{i % 250 + 1}", 4000 + i)
 
 
 def expire(node: Node) -> None:
@@ -223,9 +223,9 @@ def test_good_dubious_transitions():
 def test_update_moved_address():
     table = RoutingTable(ME)
     nid = h(TOP + 5)
-    node = table.update(nid, ("192.0.2.1", 1000), T0, confirm=2)
+    node = table.update(nid, ("203.0.113.1", 1000), T0, confirm=2)
     same = table.update(nid, ("198.51.100.9", 2000), T0 + 1, confirm=0)
-    assert same is node and node.addr == ("192.0.2.1", 1000)  # gossip cannot move it
+    assert same is node and node.addr == ("203.0.113.1", 1000)  # gossip cannot move it
     assert node.time == T0
     moved = table.update(nid, ("198.51.100.9", 2000), T0 + 2, confirm=1)
     assert moved is node and node.addr == ("198.51.100.9", 2000)
