@@ -21,15 +21,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .dht.crypto import load_public_key
 from .dht.infohash import InfoHash
 from .dht.secure import SecureDht, SecureListen
-from .dht.values import ValueType, register_type
 
 log = logging.getLogger(__name__)
 
-CONTACT_TYPE = 9000
-CONTACT_LIFETIME = 600.0       # what storers keep an unknown type for (OpenDHT default)
+# Type 0 (user data) on purpose: OpenDHT storers apply the signed-edit policy (same owner,
+# higher seq) only to registered types; an edit of an unknown type is refused, so a record
+# of our own type could never be replaced by its newer, or its "offline", version.
+CONTACT_TYPE = 0
+CONTACT_UTYPE = "application/x-sipdht-contact"
+CONTACT_LIFETIME = 600.0       # user data lifetime on every storer
 REPUBLISH_INTERVAL = 240.0
 PROTOCOL = "sipdht/1"
-register_type(ValueType(CONTACT_TYPE, "sipdht contact record", CONTACT_LIFETIME))
 
 
 def contact_key(account: str) -> InfoHash:
@@ -102,7 +104,7 @@ class Locator:
     async def publish(self, online: bool = True) -> int:
         data = encode_record(self.device_id, online, time.time())
         _, stored = await self.secure.put_signed(contact_key(self.account), data, CONTACT_TYPE,
-                                                 vid=self._value_id())
+                                                 CONTACT_UTYPE, vid=self._value_id())
         return stored
 
     def start(self) -> None:
@@ -133,7 +135,7 @@ class Locator:
         result = Resolution(account)
         for sv in await self.secure.get(contact_key(account), owner=account):
             device = decode_record(sv.value.data)
-            if device is None or sv.value.type != CONTACT_TYPE:
+            if device is None or sv.value.utype != CONTACT_UTYPE:
                 self.secure.stats["bad_contact_record"] += 1
                 continue
             result.devices.append(device)
