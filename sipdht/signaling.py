@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 CALL_TYPE = 9001
 register_type(ValueType(CALL_TYPE, "sipdht call signalling", 60))
 MAX_SEEN = 10000
-DECLINE_INTERVAL = 1.0     # at most one decline per signer per second (no reflection floods)
+DECLINE_BURST, DECLINE_RATE = 5.0, 1.0   # declines per signer: burst, then per second
 
 
 class SignalError(ValueError):
@@ -141,7 +141,7 @@ class Signaling:
         self.stats: Counter[str] = Counter()
         self._seen: OrderedDict[int, float] = OrderedDict()
         self._pending: dict[int, tuple[str, asyncio.Future[Answer]]] = {}
-        self._declined_at: dict[str, float] = {}
+        self._decline_budget: dict[str, tuple[float, float]] = {}   # signer -> (tokens, time)
 
     @property
     def me(self) -> str:
@@ -200,29 +200,31 @@ class Signaling:
 
     async def _offer(self, offer: Offer, sv: SecureValue) -> IncomingCall | None:
         caller_key = load_public_key(bytes(sv.value.owner))
-        reason = self.refusal(offer, sv.signer)
-        if reason is not None:
-            self.stats[f"refused_{reason.split(':')[0].replace(' ', '_')}"] += 1
+        refused = self.refusal(offer, sv.signer)
+        if refused is not None:
+            code, reason = refused
+            self.stats[f"refused_{code}"] += 1
             log.warning("refused call %016x from %s: %s", offer.id, sv.signer, reason)
             await self.decline(sv.signer, caller_key, offer.id, reason)
             return None
         self._remember(offer.id)
         return IncomingCall(offer, caller_key)
 
-    def refusal(self, offer: Offer, signer: str) -> str | None:
-        """Why an offer must be refused, or None. Order: identity, freshness, replay, policy."""
+    def refusal(self, offer: Offer, signer: str) -> tuple[str, str] | None:
+        """(counter name, reason for the caller) when an offer must be refused, else None.
+        Order: identity, freshness, replay, policy."""
         if offer.caller != signer:
-            return f"forged offer: signed by {signer}, claims {offer.caller}"
+            return "forged", f"forged offer: signed by {signer}, claims {offer.caller}"
         if offer.callee != self.me:
-            return "offer addressed to another account"
+            return "wrong_callee", "offer addressed to another account"
         if abs(time.time() - offer.ts) > self.policy.offer_window:
-            return f"stale offer (outside the {self.policy.offer_window:g} s window)"
+            return "stale", f"stale offer (outside the {self.policy.offer_window:g} s window)"
         if offer.id in self._seen:
-            return "replayed offer"
+            return "replayed", "replayed offer"
         if signer in self.policy.deny:
-            return "caller is on the deny list"
+            return "denied", "caller is on the deny list"
         if signer not in self.policy.allow and self.policy.unknown == "reject":
-            return "unknown callers are not accepted"
+            return "unknown_caller", "unknown callers are not accepted"
         return None
 
     def _remember(self, call_id: int) -> None:
@@ -231,17 +233,26 @@ class Signaling:
             self._seen.popitem(last=False)
 
     async def decline(self, to: str, to_key: rsa.RSAPublicKey, call_id: int, reason: str) -> None:
-        now = time.monotonic()
-        if now - self._declined_at.get(to, -1e9) < DECLINE_INTERVAL:
+        if not self._may_decline(to):
             self.stats["decline_rate_limited"] += 1
             return
-        self._declined_at[to] = now
-        if len(self._declined_at) > MAX_SEEN:
-            self._declined_at.clear()
         try:
             await self.send(to, to_key, Decline(call_id, reason, time.time()))
         except Exception as exc:  # best effort: the refusal itself already happened
             log.info("could not send the decline to %s: %s", to, exc)
+
+    def _may_decline(self, to: str) -> bool:
+        """A small budget per signer, so refused offers cannot turn us into a reflector."""
+        now = time.monotonic()
+        tokens, last = self._decline_budget.get(to, (DECLINE_BURST, now))
+        tokens = min(DECLINE_BURST, tokens + (now - last) * DECLINE_RATE)
+        if len(self._decline_budget) > MAX_SEEN:
+            self._decline_budget.clear()
+        if tokens < 1.0:
+            self._decline_budget[to] = (tokens, now)
+            return False
+        self._decline_budget[to] = (tokens - 1.0, now)
+        return True
 
     async def answer(self, call: IncomingCall, ice: IceParams, key: bytes) -> None:
         offer = call.offer
