@@ -128,6 +128,8 @@ class Locator:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        if not self.secure.node.connected:
+            return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.publish(online=False), timeout)
 

@@ -263,6 +263,11 @@ class DhtNode:
     def id(self) -> InfoHash:
         return self.engine.id
 
+    @property
+    def connected(self) -> bool:
+        """At least one good node answered us (and we have not lost them all since)."""
+        return self._connected.is_set()
+
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
