@@ -230,3 +230,25 @@ async def test_raw_queries_bad_token_unknown_query_network():
         assert node.engine.stats["dropped_network"] >= 1
     finally:
         await node.stop()
+
+
+@async_test
+async def test_ipv6_only_node_with_dhtnode(dhtnode_bin):
+    d0 = Dhtnode().start()
+    d1 = Dhtnode(bootstrap=f"[::1]:{d0.port}").start()
+    node = DhtNode(NodeConfig(bind6="::1", ipv4=False, bootstrap=[("::1", d0.port)]))
+    try:
+        await node.start()
+        assert await node.wait_connected(10)
+        assert await node.put(InfoHash.from_key("v6key"), new_value(b"over-ipv6", utype="text/plain")) >= 1
+        m = d1.cmd("g v6key")
+        await wait_line(d1, '"over-ipv6"', m)
+        m = d1.cmd("p v6key2 from-d1")
+        await wait_line(d1, "Put: success", m)
+        assert [v.data for v in await node.get(InfoHash.from_key("v6key2"))] == [b"from-d1"]
+        stats = node.stats()
+        assert stats["good6"] >= 1 and stats["nodes4"] == 0
+    finally:
+        await node.stop()
+        d1.stop()
+        d0.stop()
