@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 
 from .messages import Addr, Message, encode_fragment
-from .values import MAX_VALUE_SIZE, MalformedValue, Value, packb, unpackb
+from .values import MAX_VALUE_SIZE, MalformedValue, Value, pack, unpackb
 
 MAX_INLINE_SIZE = 600     # OpenDHT's MAX_PACKET_VALUE_SIZE
 MAX_INLINE_COUNT = 50
@@ -26,9 +26,10 @@ MAX_PARTIAL_BYTES = 8 * 1024 * 1024
 
 def split_values(values: list[Value]) -> tuple[list[Any], list[bytes]]:
     """-> (what goes in `values`, packed values to send as fragments)."""
-    packed = [packb(v) for v in values]
+    maps = [pack(v) for v in values]
+    packed = [msgpack.packb(m, use_bin_type=True) for m in maps]
     if len(values) < MAX_INLINE_COUNT and sum(len(p) for p in packed) < MAX_INLINE_SIZE:
-        return [msgpack.unpackb(p, raw=False, strict_map_key=False) for p in packed], []
+        return maps, []
     return [len(p) for p in packed], packed
 
 

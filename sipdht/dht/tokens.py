@@ -6,6 +6,7 @@ from; OpenDHT only needs it to be opaque, so the same scheme is used here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
@@ -23,7 +24,10 @@ class Tokens:
         self.previous = os.urandom(8)
         self.next_rotation = now + random.uniform(ROTATE_MIN, ROTATE_MAX)
 
-    def _make(self, secret: bytes, addr: tuple[str, int]) -> bytes:
+    @staticmethod
+    @functools.lru_cache(maxsize=4096)
+    def _make(secret: bytes, addr: tuple[str, int]) -> bytes:
+        """Every get/find reply carries one: cached per (secret, address)."""
         return hashlib.sha256(secret + address_bytes(addr[0]) + struct.pack("!H", addr[1])).digest()
 
     def make(self, addr: tuple[str, int]) -> bytes:
