@@ -252,3 +252,21 @@ async def test_ipv6_only_node_with_dhtnode(dhtnode_bin):
         await node.stop()
         d1.stop()
         d0.stop()
+
+
+@async_test
+async def test_state_file_rejoins_without_bootstrap(dhtnodes, tmp_path):
+    d0, d1 = dhtnodes(2)
+    state = tmp_path / "nodes.state"
+    first = await our_node(d0, state_file=state)
+    await asyncio.sleep(1.0)
+    await first.stop()                     # saves the good nodes it knows
+    saved = state.read_text()
+    assert str(d0.port) in saved
+    again = DhtNode(NodeConfig(bind4="127.0.0.1", ipv6=False, state_file=state))
+    try:
+        await again.start()                # no bootstrap: only the saved nodes
+        assert await again.wait_connected(5)
+        assert await again.put(InfoHash.from_key("rejoined"), new_value(b"back")) >= 1
+    finally:
+        await again.stop()
