@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -104,17 +105,34 @@ def load_or_create_identity(config: Config) -> identity.Identity:
     return ident
 
 
-async def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
+@contextlib.contextmanager
+def stop_on_signals():
+    """An Event set by SIGINT or SIGTERM; installed before start-up so no signal is lost
+    and a second Ctrl-C does not interrupt a clean shutdown."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def until_stopped(stop: asyncio.Event, starting) -> bool:
+    """Run a start-up coroutine unless a stop signal comes first; True if it completed."""
+    start = asyncio.ensure_future(starting)
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if start.done():
+        waiter.cancel()
+        start.result()
+        return True
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await start
+    return False
 
 
 def run_async(coro) -> int:

@@ -93,6 +93,7 @@ class Locator:
         self.secure = secure
         self.device_id = device_id or new_device_id()
         self._task: asyncio.Task | None = None
+        self._seq: int | None = None     # of our last record; looked up once after a restart
 
     @property
     def account(self) -> str:
@@ -103,8 +104,10 @@ class Locator:
 
     async def publish(self, online: bool = True) -> int:
         data = encode_record(self.device_id, online, time.time())
-        _, stored = await self.secure.put_signed(contact_key(self.account), data, CONTACT_TYPE,
-                                                 CONTACT_UTYPE, vid=self._value_id())
+        seq = None if self._seq is None else (self._seq + 1) & 0xFFFF
+        value, stored = await self.secure.put_signed(contact_key(self.account), data, CONTACT_TYPE,
+                                                     CONTACT_UTYPE, vid=self._value_id(), seq=seq)
+        self._seq = value.seq
         return stored
 
     def start(self) -> None:
@@ -120,7 +123,7 @@ class Locator:
                 log.warning("publishing the contact record failed: %s", exc)
             await asyncio.sleep(REPUBLISH_INTERVAL if stored else 10.0)
 
-    async def stop(self, timeout: float = 3.0) -> None:
+    async def stop(self, timeout: float = 1.5) -> None:
         """Say we are offline (best effort) so callers fail fast instead of timing out."""
         if self._task is None:
             return

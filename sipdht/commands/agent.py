@@ -18,7 +18,8 @@ from ..cli import (
     load_identity,
     load_or_create_identity,
     run_async,
-    wait_for_signal,
+    stop_on_signals,
+    until_stopped,
 )
 from ..config import Config
 from ..link import CHANNEL_ECHO, LinkError
@@ -42,17 +43,22 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         agent = Agent(config, ident, cfg, serve=True)
         if not cfg.bootstrap:
             log.warning("no [dht] bootstrap configured: this node waits for others to contact it")
-        joined = await agent.start(join_timeout=0.1 if not cfg.bootstrap else 10.0)
-        log.info("DHT node %s on UDP port %d (%s)", agent.node.id.hex(), agent.node.port,
-                 "joined" if joined else "not joined yet")
-        log.warning("not implemented yet: SIP gateway; this agent serves DHT lookups and links")
-        stats = asyncio.create_task(log_stats(agent.node, config.log.stats_interval))
-        try:
-            await wait_for_signal()
-        finally:
-            stats.cancel()
-            await agent.stop()
-            log.info("stopped")
+        with stop_on_signals() as stop:
+            stats = None
+            try:
+                join = agent.start(join_timeout=0.1 if not cfg.bootstrap else 10.0)
+                if await until_stopped(stop, join):
+                    log.info("DHT node %s on UDP port %d (%s)", agent.node.id.hex(),
+                             agent.node.port, "joined" if agent.node.connected else "not joined yet")
+                    log.warning("not implemented yet: SIP gateway; this agent serves DHT "
+                                "lookups and links")
+                    stats = asyncio.create_task(log_stats(agent.node, config.log.stats_interval))
+                    await stop.wait()
+            finally:
+                if stats:
+                    stats.cancel()
+                await agent.stop()
+                log.info("stopped")
         return EXIT_OK
 
     return run_async(main())

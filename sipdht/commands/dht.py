@@ -18,7 +18,7 @@ from ..cli import (
     command,
     load_identity,
     run_async,
-    wait_for_signal,
+    stop_on_signals,
 )
 from ..config import Config, parse_hostport
 from ..dht.crypto import CryptoError
@@ -262,14 +262,15 @@ async def serve_node(cfg: NodeConfig) -> DhtNode:
          _node_args)
 def cmd_node(args: argparse.Namespace, config: Config) -> int:
     async def main() -> int:
-        node = await serve_node(node_config(args, config, client=False))
-        stats = asyncio.create_task(log_stats(node, config.log.stats_interval))
-        try:
-            await wait_for_signal()
-        finally:
-            stats.cancel()
-            await node.stop()
-            log.info("stopped")
+        with stop_on_signals() as stop:
+            node = await serve_node(node_config(args, config, client=False))
+            stats = asyncio.create_task(log_stats(node, config.log.stats_interval))
+            try:
+                await stop.wait()
+            finally:
+                stats.cancel()
+                await node.stop()
+                log.info("stopped")
         return EXIT_OK
 
     return run_async(main())

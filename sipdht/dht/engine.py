@@ -103,6 +103,7 @@ class Request:
     on_reply: Callable[[Message, float], None]
     on_expire: Callable[[float], None]
     on_error: Callable[[Message, float], None] | None = None
+    on_retry: Callable[[float], None] | None = None
     attempts: int = 1
     wait: float = FIRST_TIMEOUT
     done: bool = False
@@ -307,7 +308,8 @@ class DhtEngine:
                  on_reply: Callable[[Message, float], None],
                  on_expire: Callable[[float], None] = lambda t: None,
                  on_error: Callable[[Message, float], None] | None = None,
-                 values: list[Value] | None = None) -> Request:
+                 values: list[Value] | None = None,
+                 on_retry: Callable[[float], None] | None = None) -> Request:
         tid = self._next_tid()
         args = {"id": self.id, **args}
         packed: list[bytes] = []
@@ -315,7 +317,7 @@ class DhtEngine:
             args["values"], packed = split_values(values)
         datagrams = [encode_query(name, tid, args, self.network, self.client_only)]
         datagrams += fragment_datagrams(tid, packed, self.network)
-        req = Request(tid, addr, node, datagrams, on_reply, on_expire, on_error)
+        req = Request(tid, addr, node, datagrams, on_reply, on_expire, on_error, on_retry)
         self.requests[tid] = req
         for d in datagrams:
             self._send(d, addr)
@@ -331,6 +333,8 @@ class DhtEngine:
             for d in req.datagrams:
                 self._send(d, req.addr)
             self._at(now + req.wait, lambda t: self._request_timeout(req, t))
+            if req.on_retry is not None:
+                req.on_retry(now)
             return
         req.done = True
         self.requests.pop(req.tid, None)
@@ -695,9 +699,17 @@ class DhtEngine:
             sn.pending, sn.failed = False, True
             self._step(search, t)
 
-        self._request(sn.node.addr, sn.node, name, args, now, on_reply, on_expire)
+        self._request(sn.node.addr, sn.node, name, args, now, on_reply, on_expire,
+                      on_retry=lambda t: self._slow(search, sn, t))
+
+    def _slow(self, search: Search, sn: SearchNode, now: float) -> None:
+        """No answer after a first timeout: go on with other nodes while it retries."""
+        if not sn.slow:
+            sn.slow = True
+            self._step(search, now)
 
     def _search_reply(self, search: Search, sn: SearchNode, msg: Message, now: float) -> None:
+        sn.slow = False
         if msg.token:
             sn.token, sn.last_reply = msg.token, now
         for node in self._learn(msg, sn.node.addr, now):
@@ -768,6 +780,7 @@ class DhtEngine:
                     sn.failed = True
             else:
                 sn.acked[tag] = t
+                sn.slow = False
                 op.stored.add(sn.node.id)
             self._step(search, t)
 
@@ -777,7 +790,8 @@ class DhtEngine:
             self._step(search, t)
 
         self._request(sn.node.addr, sn.node, "put", {"h": search.target, "token": sn.token},
-                      now, on_reply, on_expire, values=[op.value])
+                      now, on_reply, on_expire, values=[op.value],
+                      on_retry=lambda t: self._slow(search, sn, t))
 
     def _send_listen(self, search: Search, sn: SearchNode, now: float) -> None:
         if sn.listen_sid is None:

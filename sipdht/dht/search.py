@@ -31,6 +31,7 @@ class SearchNode:
     last_get: float = float("-inf")     # when the last answered `get` was sent
     pending: bool = False
     failed: bool = False
+    slow: bool = False          # a request to it timed out once: do not wait for it
     listen_sid: int | None = None
     listen_pending: bool = False
     listen_time: float = float("-inf")
@@ -90,7 +91,9 @@ class Search:
         self.nodes.pop()
 
     def live(self) -> list[SearchNode]:
-        return [sn for sn in self.nodes if not sn.failed]
+        """Nodes worth waiting for: not failed, and not silent past a first timeout
+        (a slow node that answers later counts again)."""
+        return [sn for sn in self.nodes if not sn.failed and not sn.slow]
 
     def in_flight(self) -> int:
         return sum(1 for sn in self.nodes if sn.pending)

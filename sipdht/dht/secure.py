@@ -126,10 +126,13 @@ class SecureDht:
     # --- writing ----------------------------------------------------------------------------
 
     async def put_signed(self, key: InfoHash, data: bytes, type: int = 0, utype: str = "",
-                         vid: int | None = None, permanent: bool = False) -> tuple[Value, int]:
-        """Sign and put; an edit of our earlier value gets the next seq. -> (value, nodes)."""
+                         vid: int | None = None, permanent: bool = False,
+                         seq: int | None = None) -> tuple[Value, int]:
+        """Sign and put; an edit of our earlier value gets the next seq (looked up on the DHT
+        unless the caller knows it). -> (value, nodes)."""
         vid = vid or stable_value_id(self.identity, key)
-        seq = await self._next_seq(key, vid)
+        if seq is None:
+            seq = await self._next_seq(key, vid)
         value = sign_value(self.identity, Value(id=vid, type=type, data=data, utype=utype, seq=seq))
         if permanent:
             _, stored = await self.node.put_permanent(key, value)
