@@ -16,7 +16,17 @@ from typing import Any
 import msgpack
 
 from .infohash import HASH_LEN, InfoHash
-from .values import FieldIndex, MalformedValue, Query, Value, unpack, unpack_fields, unpack_query
+from .values import (
+    FieldIndex,
+    MalformedValue,
+    Query,
+    Value,
+    unpack,
+    unpack_fields,
+    unpack_query,
+)
+from .values import expect_bin as _bin
+from .values import expect_uint as _uint
 
 Addr = tuple[str, int]
 
@@ -111,18 +121,6 @@ def _hash(obj: Any, what: str) -> InfoHash:
     return InfoHash(obj)
 
 
-def _uint(obj: Any, what: str, limit: int = 2**64 - 1) -> int:
-    if type(obj) is not int or not 0 <= obj <= limit:
-        raise MalformedMessage(f"{what}: expected an unsigned integer")
-    return obj
-
-
-def _bin(obj: Any, what: str) -> bytes:
-    if type(obj) is not bytes:
-        raise MalformedMessage(f"{what}: expected bin")
-    return obj
-
-
 def _tid(obj: Any) -> int:
     if type(obj) is int and 0 <= obj < 2**32:
         return obj
@@ -212,6 +210,14 @@ def _error(e: Any) -> tuple[int, str]:
 
 
 def decode(data: bytes) -> Message:
+    """Raises MalformedMessage for anything OpenDHT would not parse."""
+    try:
+        return _decode(data)
+    except MalformedValue as exc:    # the shared field checks raise this one
+        raise MalformedMessage(str(exc)) from None
+
+
+def _decode(data: bytes) -> Message:
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False, **_UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises many types for bad input

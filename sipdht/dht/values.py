@@ -146,13 +146,14 @@ def packb(v: Value) -> bytes:
 # --- decoding ------------------------------------------------------------------------------
 
 
-def _uint(obj: Any, what: str, limit: int = UINT64_MAX) -> int:
+def expect_uint(obj: Any, what: str, limit: int = UINT64_MAX) -> int:
+    """Strict msgpack field checks, shared by the value and message codecs."""
     if type(obj) is not int or not 0 <= obj <= limit:
         raise MalformedValue(f"{what}: expected an unsigned integer")
     return obj
 
 
-def _bin(obj: Any, what: str) -> bytes:
+def expect_bin(obj: Any, what: str) -> bytes:
     if type(obj) is not bytes:
         raise MalformedValue(f"{what}: expected bin")
     return obj
@@ -175,7 +176,7 @@ def parse_body(body: Any, sig: Any, vid: int, priority: int = 0,
         raise MalformedValue("body: expected a map")
     fields: dict[str, Any] = {
         "id": vid, "priority": priority, "push_type": push_type,
-        "type": _uint(body.get("type", 0), "type", 0xFFFF),
+        "type": expect_uint(body.get("type", 0), "type", 0xFFFF),
         "data": _data(body.get("data", b"")),
     }
     utype = body.get("utype", "")
@@ -185,13 +186,13 @@ def parse_body(body: Any, sig: Any, vid: int, priority: int = 0,
         raise MalformedValue("utype: expected str")
     fields["utype"] = utype
     if "owner" in body:
-        fields["owner"] = _bin(body["owner"], "owner")
-        fields["seq"] = _uint(body.get("seq", 0), "seq", MAX_SEQ)
+        fields["owner"] = expect_bin(body["owner"], "owner")
+        fields["seq"] = expect_uint(body.get("seq", 0), "seq", MAX_SEQ)
         if "to" in body:
-            fields["recipient"] = _bin(body["to"], "to")
+            fields["recipient"] = expect_bin(body["to"], "to")
             if len(fields["recipient"]) != 20:
                 raise MalformedValue("to: expected 20 bytes")
-        fields["signature"] = _bin(sig, "sig") if sig is not None else b""
+        fields["signature"] = expect_bin(sig, "sig") if sig is not None else b""
     return Value(**fields)
 
 
@@ -199,8 +200,8 @@ def unpack(obj: Any) -> Value:
     """A decoded msgpack map -> Value; raises MalformedValue."""
     if type(obj) is not dict:
         raise MalformedValue("value: expected a map")
-    vid = _uint(obj.get("id"), "id")
-    priority = _uint(obj.get("p", 0), "p", 0xFFFFFFFF)
+    vid = expect_uint(obj.get("id"), "id")
+    priority = expect_uint(obj.get("p", 0), "p", 0xFFFFFFFF)
     push_type = obj.get("pt")
     if push_type is not None and type(push_type) is not str:
         raise MalformedValue("pt: expected str")
@@ -264,19 +265,19 @@ def unpack_query(obj: Any) -> Query:
     """Both "s" and "w" are required, as in OpenDHT."""
     if type(obj) is not dict or type(obj.get("s")) is not list or type(obj.get("w")) is not list:
         raise MalformedValue("q: expected a map with s and w arrays")
-    select = tuple(_uint(f, "q.s") for f in obj["s"])
+    select = tuple(expect_uint(f, "q.s") for f in obj["s"])
     if any(f not in KNOWN_FIELDS for f in select):
         raise MalformedValue("q.s: unknown field")
     where = []
     for w in obj["w"]:
         if type(w) is not dict:
             raise MalformedValue("q.w: expected maps")
-        fid = _uint(w.get("f"), "q.w.f")
+        fid = expect_uint(w.get("f"), "q.w.f")
         val = w.get("v")
         if fid in (FIELD_ID, FIELD_TYPE):
-            val = _uint(val, "q.w.v")
+            val = expect_uint(val, "q.w.v")
         elif fid in (FIELD_OWNER, FIELD_UTYPE):
-            val = _bin(val, "q.w.v")
+            val = expect_bin(val, "q.w.v")
         else:
             raise MalformedValue("q.w: field cannot be used in where")
         where.append((fid, val))
@@ -296,7 +297,7 @@ class FieldIndex:
 def unpack_fields(obj: Any) -> FieldIndex:
     if type(obj) is not dict or type(obj.get("f")) is not list or type(obj.get("v")) is not list:
         raise MalformedValue("fileds: expected a map with f and v arrays")
-    fids = tuple(_uint(f, "fileds.f") for f in obj["f"])
+    fids = tuple(expect_uint(f, "fileds.f") for f in obj["f"])
     flat = obj["v"]
     if not fids or len(flat) % len(fids):
         raise MalformedValue("fileds: v is not a whole number of rows")
