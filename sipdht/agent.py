@@ -178,10 +178,8 @@ class Agent:
             raise CallFailed(f"no answer from {account} within {timeout:g} s") from None
         bd.signalling_ms = (time.monotonic() - t) * 1000
         t = time.monotonic()
-        ice.config = IceConfig(**{**ice.config.__dict__,
-                                  "timeout": max(0.5, deadline - time.monotonic())})
         try:
-            await ice.connect(answer.ice)
+            await ice.connect(answer.ice, max(0.5, deadline - time.monotonic()))
         except LinkError as exc:
             raise CallFailed(str(exc)) from None
         bd.ice_ms = (time.monotonic() - t) * 1000

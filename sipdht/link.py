@@ -189,16 +189,18 @@ class IceSession:
             raise LinkError("no ICE candidates: no usable address, STUN or TURN server")
         return IceParams(self.conn.local_username, self.conn.local_password, cands)
 
-    async def connect(self, remote: IceParams) -> None:
+    async def connect(self, remote: IceParams, timeout: float | None = None) -> None:
+        """Connect within `timeout` (default [ice] timeout): aioice alone takes 63 s to fail."""
+        timeout = timeout or self.config.timeout
         self.conn.remote_username, self.conn.remote_password = remote.ufrag, remote.pwd
         try:
             for sdp in remote.candidates[:64]:
                 await self.conn.add_remote_candidate(aioice.Candidate.from_sdp(sdp))
             await self.conn.add_remote_candidate(None)
-            await asyncio.wait_for(self.conn.connect(), self.config.timeout)
+            await asyncio.wait_for(self.conn.connect(), timeout)
         except TimeoutError:
             await self.conn.close()
-            raise LinkError(f"ICE: no path to the peer within {self.config.timeout:g} s") from None
+            raise LinkError(f"ICE: no path to the peer within {timeout:g} s") from None
         except (ConnectionError, ValueError) as exc:
             await self.conn.close()
             raise LinkError(f"ICE: {exc or 'negotiation failed'}") from None
