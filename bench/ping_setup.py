@@ -7,6 +7,9 @@ One topology (tests/harness/netlab.py): coturn and the `dhtnode` bootstrap in ns
 
 For each NAT pair "A/B" (alice's router mode / bob's router mode):
 
+0. from the second pair on, dhtnode is restarted (empty storage, no stale listeners or routing
+   entries; ``--shared-dht`` keeps one node for the whole run: see bench/README.md for why the
+   pings then start failing once an inbox key holds more than 64 values);
 1. both routers are switched (Topology.set_nat, which flushes their conntrack);
 2. bob's agent starts (`sipdht run --config bob.ini` in ns bob) and the script waits for
    "contact record of ... published on N node(s)";
@@ -17,7 +20,9 @@ For each NAT pair "A/B" (alice's router mode / bob's router mode):
    * a bare aioice pair: this same file run as ``_ice_peer controlling`` in ns alice and
      ``_ice_peer controlled`` in ns bob, the same STUN/TURN server and TURN users as the agents,
      candidates exchanged as JSON lines through pipes by this process. The controlling side
-     reports its gather time, its ``connect()`` time, and the median RTT of N echo round trips;
+     reports its gather time, its ``connect()`` time, the median RTT of N echo round trips and
+     the first RTT (which waits until the controlled side's ``connect()`` has returned); the
+     controlled side reports its own ``connect()`` time;
 4. bob's agent is stopped.
 
 Per pair it prints success counts, median/p95 of each step, total setup
@@ -189,7 +194,7 @@ def path_type(types: list[str] | tuple[str, str]) -> str:
 
 PING_RE = re.compile(
     r"link to (\S+): lookup (\d+) ms, gather (\d+) ms, signalling (\d+) ms, ICE (\d+) ms, "
-    r"RTT ([\d.]+|nan) ms \(median of (\d+)\), path (\w+)")
+    r"first RTT (?:[\d.]+|nan) ms, RTT ([\d.]+|nan) ms \(median of (\d+)\), path (\w+)")
 STEPS = ("lookup", "gather", "signalling", "ice")
 
 
@@ -284,8 +289,9 @@ def run_bare(topo, nl, count: int, timeout: float) -> dict:
         return {"ok": False, "wall_ms": wall,
                 "error": f"{'alice' if not a.get('ok') else 'bob'}: {err}"}
     return {"ok": True, "wall_ms": wall, "gather": a["gather_ms"],
-            "gather_bob": b["gather_ms"], "ice": a["ice_ms"],
-            "rtt": median(a["rtt_ms"]), "path": path_type(a.get("path", [])),
+            "gather_bob": b["gather_ms"], "ice": a["ice_ms"], "ice_bob": b["ice_ms"],
+            "rtt": median(a["rtt_ms"]), "rtt_first": a["rtt_ms"][0],
+            "path": path_type(a.get("path", [])),
             "pair": f"{a.get('path', ['?', '?'])[0]}->{a.get('path', ['?', '?'])[1]}"}
 
 
@@ -332,10 +338,16 @@ def summarise(pair: str, pings: list[dict], bares: list[dict], runs: int, count:
     rows.append(["sipdht ping process wall time", fmt(m, 0), fmt(p, 0)])
     m, p = mp(pings, "wall_ms")
     rows.append(["  (all runs, failed included)", fmt(m, 0), fmt(p, 0)])
+    for r in ok_p:
+        r["overhead"] = r["wall_ms"] - r["total"]
+    m, p = mp(ok_p, "overhead")
+    rows.append(["  wall - total setup (start-up, join, pings, stop)", fmt(m, 0), fmt(p, 0)])
     for label, key, d in (("bare gather (alice)", "gather", 1), ("bare gather (bob)", "gather_bob", 1),
                           ("bare ICE connect() (alice, controlling)", "ice", 1),
+                          ("bare ICE connect() (bob, controlled)", "ice_bob", 1),
                           ("bare total (gather+connect)", "total", 1),
                           (f"bare RTT (median of {count})", "rtt", 2),
+                          ("bare first RTT (waits for bob's connect())", "rtt_first", 2),
                           ("bare pair wall time (2 processes)", "wall_ms", 0)):
         m, p = mp(ok_b, key)
         rows.append([label, fmt(m, d), fmt(p, d)])
@@ -347,6 +359,16 @@ def summarise(pair: str, pings: list[dict], bares: list[dict], runs: int, count:
     rows.append(["ratio total sipdht/bare (gather+connect)", ratio(pt[0], bt[0]),
                  ratio(pt[1], bt[1])])
     out.append(table(rows))
+    for name, rs in (("sipdht ICE", ok_p), ("bare ICE", ok_b)):
+        by = {}
+        for r in rs:
+            by.setdefault(r["path"], []).append(r["ice"])
+        out.append(f"{name} by path: " + ("; ".join(
+            f"{k} n={len(v)} median {median(v):.0f} ms p95 {percentile(v, 95):.0f} ms"
+            for k, v in sorted(by.items())) or "-"))
+    if median(col(ok_p, "lookup")) > 1000 or median(col(ok_p, "signalling")) > 1000:
+        out.append("note: lookup/signalling >1 s: each waits for a DHT request to expire "
+                   "(0.5 s + ~1.1 s + ~2.4 s retries) -- see bench/README.md")
     summary = {"pair": pair, "ok_p": f"{len(ok_p)}/{len(pings)}", "ok_b": f"{len(ok_b)}/{len(bares)}",
                "lookup": mp(ok_p, "lookup")[0], "gather": pg[0], "sig": mp(ok_p, "signalling")[0],
                "ice": pi[0], "total": pt[0], "wall": mp(ok_p, "wall_ms")[0], "bare_ice": bi[0],
@@ -377,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=3, help="link pings per sipdht ping / bare pair")
     ap.add_argument("--timeout", type=float, default=60,
                     help="kill a ping process / bare pair after this many seconds (default 60)")
+    ap.add_argument("--shared-dht", action="store_true",
+                    help="keep one dhtnode for all pairs (default: a fresh one per pair; with one "
+                    "shared node, signalling values pile up and pings fail, see bench/README.md)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one stderr line per run")
     args = ap.parse_args(argv)
 
@@ -428,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
               f"both created in {id_s:.1f} s; alice {ids['alice'][:12]}…, bob {ids['bob'][:12]}…")
         print(f"topology {topo.prefix}* up in {topo.timings['up']:.1f} s; coturn "
               f"{nl.PUB_IP}:{nl.TURN_PORT} (STUN+TURN/UDP, users alice/bob) up in "
-              f"{coturn.startup_s:.1f} s; dhtnode bootstrap {nl.PUB_IP}:{dht.dht_port}")
+              f"{coturn.startup_s:.1f} s; dhtnode bootstrap {nl.PUB_IP}:{dht.dht_port}, "
+              + ("one for all pairs (--shared-dht)" if args.shared_dht else
+                 "restarted for each pair (empty storage)"))
         print("sipdht ping: `sipdht ping --config alice.ini --count N BOB` in ns alice, a fresh "
               "process per run; breakdown as printed by it (integer ms, RTT 0.01 ms); wall = "
               "process start to exit as seen by this script")
@@ -439,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
 
         for mode_a, mode_b in pairs:
             pair = f"{mode_a}/{mode_b}"
+            if not args.shared_dht and summaries + reports:
+                nl.stop_process(dht)            # by PID; a fresh node has no stored values
+                dht = nl.start_dhtnode(topo, nl.DHT_PORT)
             topo.set_nat("A", mode_a)
             topo.set_nat("B", mode_b)
             t0 = time.monotonic()
@@ -474,12 +504,16 @@ def main(argv: list[str] | None = None) -> int:
             if bob.poll() is not None:
                 reports.append(f"bob's agent exited with {bob.returncode} during {pair}; "
                                f"last lines:\n{nl.output(bob).tail(10)}")
+            answered = sum(1 for ln in nl.output(bob).lines if ": answering" in ln)
+            linked = sum(1 for ln in nl.output(bob).lines if re.search(r"link with \w+ up", ln))
             bob_warnings = [ln for ln in nl.output(bob).lines
                             if re.search(r"\b(WARNING|ERROR|Traceback)\b", ln)
                             and "not implemented yet" not in ln]
             nl.stop_process(bob)
             bob = None
             text, summary = summarise(pair, pings, bares, len(pings), args.count, bob_s, elapsed)
+            text += (f"\nbob's agent: {answered} offers answered, {linked} links up, for "
+                     f"{len(pings)} pings")
             if bob_warnings:
                 text += (f"\nbob's agent logged {len(bob_warnings)} warning/error line(s), e.g.:\n  "
                          + "\n  ".join(bob_warnings[:5]))
@@ -507,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{loadavg()}", flush=True)
         return 0
     except KeyboardInterrupt as exc:
-        log(f"interrupted ({exc or 'Ctrl-C'}): tearing down")
+        log(f"interrupted ({str(exc) or 'Ctrl-C'}): tearing down")
         return 130
     finally:
         if bob is not None:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CALL_TYPE = 9001
 register_type(ValueType(CALL_TYPE, "sipdht call signalling", 60))
 MAX_SEEN = 10000
+START_GRACE = 10.0          # seconds before our start from which an offer still counts
 DECLINE_BURST, DECLINE_RATE = 5.0, 1.0   # declines per signer: burst, then per second
 
 
@@ -135,9 +136,13 @@ class IncomingCall:
 
 
 class Signaling:
-    def __init__(self, secure: SecureDht, policy: PolicyConfig) -> None:
+    def __init__(self, secure: SecureDht, policy: PolicyConfig,
+                 not_before: float | None = None) -> None:
         self.secure = secure
         self.policy = policy
+        # Offers made before we started are old inbox contents (they live 10 min on storers),
+        # not calls: without this a restarted agent would answer them all again.
+        self.not_before = time.time() - START_GRACE if not_before is None else not_before
         self.stats: Counter[str] = Counter()
         self._seen: OrderedDict[int, float] = OrderedDict()
         self._pending: dict[int, tuple[str, asyncio.Future[Answer]]] = {}
@@ -199,6 +204,9 @@ class Signaling:
             fut.set_result(msg)
 
     async def _offer(self, offer: Offer, sv: SecureValue) -> IncomingCall | None:
+        if offer.ts < self.not_before:
+            self.stats["ignored_before_start"] += 1
+            return None
         caller_key = load_public_key(bytes(sv.value.owner))
         refused = self.refusal(offer, sv.signer)
         if refused is not None:

@@ -114,9 +114,12 @@ def _ping_args(p: argparse.ArgumentParser) -> None:
 
 def print_breakdown(account: str, bd, out=sys.stdout) -> None:
     rtt = statistics.median(bd.rtt_ms) if bd.rtt_ms else float("nan")
+    first = bd.rtt_ms[0] if bd.rtt_ms else float("nan")
+    # The first ping also waits for the callee's side of ICE to finish, so it is shown apart.
     print(f"link to {account}: lookup {bd.lookup_ms:.0f} ms, gather {bd.gather_ms:.0f} ms, "
           f"signalling {bd.signalling_ms:.0f} ms, ICE {bd.ice_ms:.0f} ms, "
-          f"RTT {rtt:.2f} ms (median of {len(bd.rtt_ms)}), path {bd.path}", file=out, flush=True)
+          f"first RTT {first:.2f} ms, RTT {rtt:.2f} ms (median of {len(bd.rtt_ms)}), "
+          f"path {bd.path}", file=out, flush=True)
 
 
 async def exchange_data(link, size: int) -> None:

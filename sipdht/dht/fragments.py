@@ -41,7 +41,9 @@ def fragment_datagrams(tid: int, packed: list[bytes], network: int = 0) -> list[
     return out
 
 
-MAX_VALUES_PER_MESSAGE = 64
+# A stock node answers a get with every value of the key at once (OpenDHT allows 65536 per
+# key); memory is bounded by the byte budget below, not by this count.
+MAX_VALUES_PER_MESSAGE = 65536
 
 
 @dataclass

@@ -85,10 +85,15 @@ async def test_forged_stale_replayed_and_denied_offers(dht, idents):
         # forged: signed by mallory, claiming to be alice
         reason = await send_raw_offer(mallory, bob, an_offer(alice.account, bob.account))
         assert "forged offer" in reason and mallory.account in reason
-        # stale: outside the offer window
+        # stale: outside the offer window (a caller whose clock is 10 minutes ahead)
         reason = await send_raw_offer(alice, bob, an_offer(alice.account, bob.account,
-                                                          ts=time.time() - 3600))
+                                                          ts=time.time() + 600))
         assert "stale offer" in reason
+        # older than bob's agent itself: old inbox content, ignored without a decline
+        with pytest.raises(TimeoutError):
+            await send_raw_offer(alice, bob, an_offer(alice.account, bob.account,
+                                                      ts=time.time() - 3600))
+        assert bob.signaling.stats["ignored_before_start"] == 1
         # a real call, then the same offer (same id) again: replay
         link, _ = await alice.connect(bob.account)
         await link.close("done")

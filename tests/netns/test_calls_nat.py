@@ -16,7 +16,7 @@ from tests.harness import netlab as nl
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
-PATH_RE = re.compile(r"ICE (\d+) ms, RTT ([\d.]+) ms .* path (\w+)")
+PATH_RE = re.compile(r"ICE (\d+) ms, first RTT ([\d.]+) ms, RTT ([\d.]+) ms .* path (\w+)")
 
 
 def write_config(tmp: Path, who: str, policy: str = "") -> Path:
@@ -99,7 +99,7 @@ def test_ping_both_ways_through_nats(agents, set_nat, mode_a, mode_b):
         assert out.returncode == 0, f"{src}->{dst}: {out.stderr}"
         m = PATH_RE.search(out.stdout)
         assert m, out.stdout
-        paths.append(m.group(3))
+        paths.append(m.group(4))
     if (mode_a, mode_b) == ("symmetric", "symmetric"):
         assert paths == ["relay", "relay"]        # no direct path exists: TURN carried it
     if (mode_a, mode_b) == ("fullcone", "fullcone"):

@@ -827,3 +827,21 @@ def test_put_creation_time_shortens_lifetime() -> None:
     v3 = Value(id=3, type=5, data=b"ice")
     feed(e, query("put", 5, h=H, token=tok, values=[pack(v3)], c=int(epoch + T0 + 500)))
     assert e.storage.get_stored(H, 3).expiration == T0 + 60     # a future c counts as now
+
+
+def test_a_reply_announcing_many_values_is_reassembled() -> None:
+    """dhtnode answers a get with every value of a key at once, e.g. a busy call inbox."""
+    from sipdht.dht.fragments import Reassembler, fragment_datagrams, split_values
+    from sipdht.dht.messages import Message, decode
+    from sipdht.dht.values import new_value
+
+    values = [new_value(bytes([i % 256]) * 900) for i in range(100)]
+    sizes, packed = split_values(values)
+    assert sizes == [len(p) for p in packed]
+    r = Reassembler()
+    done = r.header(Message(kind="r", tid=5, value_sizes=sizes), ("203.0.113.7", 4222), 0.0)
+    assert done is None
+    for d in fragment_datagrams(5, packed):
+        done = r.fragment(decode(d), ("203.0.113.7", 4222), 0.1) or done
+    assert done is not None and [v.id for v in done.values] == [v.id for v in values]
+    assert r.dropped == 0 and r.total == 0

@@ -127,3 +127,17 @@ def test_refusals_in_order():
     strict = Signaling(_Secure(), PolicyConfig(allow=[A], unknown="reject"))
     assert strict.refusal(offer(cid=3), A) is None
     assert strict.refusal(offer(caller="e" * 40, cid=4), "e" * 40)[0] == "unknown_caller"
+
+
+def test_offers_from_before_the_agent_started_are_ignored_silently():
+    import asyncio
+    from types import SimpleNamespace
+
+    from sipdht.signaling import encode
+
+    sig = Signaling(_Secure(), PolicyConfig(), not_before=time.time())
+    old = Offer(9, A, B, ICE, b"k" * 32, time.time() - 30)
+    sv = SimpleNamespace(encrypted=True, signer=A,
+                         value=SimpleNamespace(data=encode(old), owner=None))
+    assert asyncio.run(sig.handle(sv)) is None
+    assert sig.stats == {"ignored_before_start": 1}     # no decline, no refusal counted
