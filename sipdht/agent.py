@@ -27,7 +27,7 @@ from .link import (
     PeerLink,
     derive_keys,
 )
-from .locator import Locator, Resolution
+from .locator import Locator, Resolution, device_id_for
 from .signaling import CallRefused, IncomingCall, Signaling
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ class Agent:
         self.identity = identity
         self.node = DhtNode(node_config)
         self.secure = SecureDht(self.node, identity)
-        self.locator = Locator(self.secure)
+        path = config.identity_path
+        device = device_id_for(path.with_name(path.name + ".device")) if serve else None
+        self.locator = Locator(self.secure, device)
         self.signaling = Signaling(self.secure, config.policy)
         self.ice = ice_config(config)
         self.serve = serve             # publish a contact record and accept calls

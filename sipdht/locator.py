@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -40,6 +41,21 @@ def contact_key(account: str) -> InfoHash:
 
 def new_device_id() -> str:
     return os.urandom(8).hex()
+
+
+def device_id_for(path: Path) -> str:
+    """This installation's device id, kept beside the identity so a restart (even after a
+    crash) re-publishes the same record instead of leaving a stale "online" one behind."""
+    try:
+        value = path.read_text().strip()
+        if len(value) == 16 and int(value, 16) >= 0:
+            return value
+    except (OSError, ValueError):
+        pass
+    value = new_device_id()
+    with contextlib.suppress(OSError):
+        path.write_text(value + "\n")
+    return value
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ dhtnode as the DHT; NAT traversal itself is covered by tests/netns.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,8 +36,9 @@ def dht(dhtnode_bin):
         yield d
 
 
-def make_agent(d: Dhtnode, ident, serve: bool, deny=()) -> Agent:
+def make_agent(d: Dhtnode, ident, serve: bool, deny=(), home: Path | None = None) -> Agent:
     cfg = Config()
+    cfg.identity.path = (home or Path(tempfile.gettempdir())) / f"id-{ident.account_id[:8]}"
     cfg.ice.host_addresses = ["127.0.0.1"]
     cfg.ice.timeout = 5
     cfg.policy.deny = list(deny)
@@ -75,8 +78,9 @@ def an_offer(caller: str, callee: str, **kw) -> Offer:
 
 
 @async_test
-async def test_forged_stale_replayed_and_denied_offers(dht, idents):
-    bob = make_agent(dht, idents["bob"], serve=True, deny=[idents["carol"].account_id])
+async def test_forged_stale_replayed_and_denied_offers(dht, idents, tmp_path):
+    bob = make_agent(dht, idents["bob"], serve=True, deny=[idents["carol"].account_id],
+                     home=tmp_path)
     alice = make_agent(dht, idents["alice"], serve=False)
     mallory = make_agent(dht, idents["mallory"], serve=False)
     carol = make_agent(dht, idents["carol"], serve=False)
@@ -115,8 +119,8 @@ async def test_forged_stale_replayed_and_denied_offers(dht, idents):
 
 
 @async_test
-async def test_link_integrity_tamper_and_replay(dht, idents):
-    bob = make_agent(dht, idents["bob"], serve=True)
+async def test_link_integrity_tamper_and_replay(dht, idents, tmp_path):
+    bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
     alice = make_agent(dht, idents["alice"], serve=False)
     await started(bob, alice)
     try:
