@@ -43,7 +43,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SELF = Path(__file__).resolve()
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench._common import median, percentile  # noqa: E402
 
 PEER_CMD = "_ice_peer"
 
@@ -148,19 +149,6 @@ def ice_peer_main(argv: list[str]) -> int:
 # --- statistics / formatting --------------------------------------------------------------------
 
 
-def percentile(data: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); nan for no data."""
-    if not data:
-        return float("nan")
-    s = sorted(data)
-    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
-    return s[k]
-
-
-def median(data: list[float]) -> float:
-    return statistics.median(data) if data else float("nan")
-
-
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b and a == a and b == b else "-"
 
@@ -199,27 +187,8 @@ STEPS = ("lookup", "gather", "signalling", "ice")
 
 
 def write_config(directory: Path, who: str, nl) -> Path:
-    """Same INI as tests/netns/test_calls_nat.py (2048-bit identity, TURN user = account name)."""
-    ini = directory / f"{who}.ini"
-    ini.write_text(f"""; written by bench/ping_setup.py
-[identity]
-path = {who}
-key_bits = 2048
-[dht]
-port = 0
-ipv6 = no
-bootstrap = {nl.PUB_IP}:{nl.DHT_PORT}
-state_file =
-[ice]
-stun = stun:{nl.PUB_IP}:{nl.TURN_PORT}
-turn = turn:{nl.PUB_IP}:{nl.TURN_PORT}
-turn_username = {who}
-turn_password = {nl.TURN_USERS[who]}
-timeout = 20
-[log]
-stats_interval = 0
-""")
-    return ini
+    """The same agent INI as tests/netns/test_calls_nat.py (2048-bit identity)."""
+    return nl.agent_config(directory, who)
 
 
 def sipdht_argv(nl) -> list[str]:

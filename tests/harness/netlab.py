@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 # --- addresses ---------------------------------------------------------------------------------
 
@@ -775,3 +776,29 @@ def start_dhtnode(topology: Topology, port: int = DHT_PORT, timeout: float = 10.
         raise
     proc.dht_port = int(m.group(1))
     return proc
+
+
+def agent_config(directory: Path, who: str, policy: str = "") -> Path:
+    """An INI for a sipdht agent inside the topology: DHT bootstrap and STUN/TURN in pub,
+    a 2048-bit identity (fast to create), TURN user = the host's name."""
+    ini = Path(directory) / f"{who}.ini"
+    ini.write_text(f"""[identity]
+path = {who}
+key_bits = 2048
+[dht]
+port = 0
+ipv6 = no
+bootstrap = {PUB_IP}:{DHT_PORT}
+state_file =
+[ice]
+stun = stun:{PUB_IP}:{TURN_PORT}
+turn = turn:{PUB_IP}:{TURN_PORT}
+turn_username = {who}
+turn_password = {TURN_USERS[who]}
+timeout = 20
+[policy]
+{policy}
+[log]
+stats_interval = 0
+""")
+    return ini

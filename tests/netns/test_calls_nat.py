@@ -19,30 +19,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.interop]
 PATH_RE = re.compile(r"ICE (\d+) ms, first RTT ([\d.]+) ms, RTT ([\d.]+) ms .* path (\w+)")
 
 
-def write_config(tmp: Path, who: str, policy: str = "") -> Path:
-    ini = tmp / f"{who}.ini"
-    ini.write_text(f"""[identity]
-path = {who}
-key_bits = 2048
-[dht]
-port = 0
-ipv6 = no
-bootstrap = {nl.PUB_IP}:{nl.DHT_PORT}
-state_file =
-[ice]
-stun = stun:{nl.PUB_IP}:{nl.TURN_PORT}
-turn = turn:{nl.PUB_IP}:{nl.TURN_PORT}
-turn_username = {who}
-turn_password = {who}pass
-timeout = 20
-[policy]
-{policy}
-[log]
-stats_interval = 0
-""")
-    return ini
-
-
 def sipdht(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([nl.PYTHON, "-m", "sipdht", *args], capture_output=True, text=True,
                           timeout=timeout)
@@ -53,7 +29,7 @@ class Agents:
 
     def __init__(self, topo: nl.Topology, tmp: Path) -> None:
         self.topo, self.tmp = topo, tmp
-        self.ini = {w: write_config(tmp, w) for w in ("alice", "bob")}
+        self.ini = {w: nl.agent_config(tmp, w) for w in ("alice", "bob")}
         self.id = {}
         for who, ini in self.ini.items():
             assert sipdht("init", "--config", str(ini)).returncode == 0
