@@ -128,7 +128,9 @@ class Agent:
             ice = IceSession(self.ice, controlling=False)
             params = await ice.gather()
             key = EphemeralKey()
-            await self.signaling.answer(call, params, key.public)
+            # ICE starts while the answer is still being stored: the caller may already have it.
+            answering = asyncio.create_task(self.signaling.answer(call, params, key.public))
+            self._tasks.append(answering)
             await ice.connect(offer.ice)
             to_callee, to_caller = derive_keys(key, offer.key, offer.id, offer.caller, self.account)
             link = PeerLink(ice, LinkCrypto(send_key=to_caller, recv_key=to_callee), offer.caller)
@@ -153,7 +155,7 @@ class Agent:
         deadline = time.monotonic() + timeout
         bd = Breakdown()
         t = time.monotonic()
-        found = await self.lookup(account)
+        found = await self.locator.resolve(account, first_online=True)
         bd.lookup_ms = (time.monotonic() - t) * 1000
         if not found.online:
             state = "offline (its contact record says so)" if found.devices else \

@@ -152,15 +152,19 @@ class Locator:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.publish(online=False), timeout)
 
-    async def resolve(self, account: str) -> Resolution:
+    async def resolve(self, account: str, first_online: bool = False) -> Resolution:
+        """The account's devices from records it signed. With `first_online`, return as soon
+        as one fresh online record is in (a caller needs one device, not the full list)."""
         result = Resolution(account)
-        for sv in await self.secure.get(contact_key(account), owner=account):
+        async for sv in self.secure.get_iter(contact_key(account), owner=account):
             device = decode_record(sv.value.data)
             if device is None or sv.value.utype != CONTACT_UTYPE:
                 self.secure.stats["bad_contact_record"] += 1
                 continue
             result.devices.append(device)
             result.public_key = load_public_key(bytes(sv.value.owner))
+            if first_online and result.online:
+                break
         result.devices.sort(key=lambda d: d.published, reverse=True)
         return result
 

@@ -160,11 +160,24 @@ class Signaling:
         offer = Offer(new_call_id(), self.me, callee, ice, key, time.time(), uri)
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._pending[offer.id] = (callee, fut)
+        # The answer can come back before every storer has acknowledged the offer: do not
+        # wait for the put, only notice when no node at all took it.
+        put = asyncio.ensure_future(self.send(callee, callee_key, offer))
+        put.add_done_callback(lambda p: self._offer_stored(p, fut))
         try:
-            await self.send(callee, callee_key, offer)
             return await asyncio.wait_for(fut, timeout)
         finally:
             self._pending.pop(offer.id, None)
+
+    @staticmethod
+    def _offer_stored(put: asyncio.Future, fut: asyncio.Future) -> None:
+        if fut.done() or put.cancelled():
+            return
+        error = put.exception()
+        if error is not None:
+            fut.set_exception(CallRefused(f"the offer could not be sent: {error}"))
+        elif put.result() == 0:
+            fut.set_exception(CallRefused("the offer was stored on no DHT node"))
 
     async def send(self, to: str, to_key: rsa.RSAPublicKey, msg: Signal) -> int:
         _, stored = await self.secure.put_encrypted(inbox_key(to), encode(msg), to=to,

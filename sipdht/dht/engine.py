@@ -670,11 +670,27 @@ class DhtEngine:
             if not sn.pending and (not sn.synced(now) or sn.last_get < newest_get):
                 self._send_get(search, sn, now)
                 inflight += 1
+        self._write_early(search, live, now)
         synced = search.synced_nodes(now)
         if synced is not None:
             self._synced(search, synced, now)
         elif not live and inflight == 0:
             self._search_failed(search)
+
+    def _write_early(self, search: Search, live: list[SearchNode], now: float) -> None:
+        """Put and listen on each close node as soon as it has given us a token, without
+        waiting for the whole search to sync: a listener then hears a new value at once.
+        Completion is still judged on the synced set."""
+        for sn in live[:TARGET_NODES]:
+            if not sn.synced(now):
+                continue
+            for op in search.puts:
+                if op.id not in sn.acked and op.id not in sn.put_pending:
+                    self._send_put(search, sn, op, now)
+        if search.listens:
+            for sn in live[:LISTEN_NODES]:
+                if sn.synced(now) and sn.listen_sid is None and not sn.listen_pending:
+                    self._send_listen(search, sn, now)
 
     def _send_get(self, search: Search, sn: SearchNode, now: float) -> None:
         sn.pending = True

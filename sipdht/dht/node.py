@@ -87,6 +87,7 @@ class DhtNode:
         self._transports: dict[int, asyncio.DatagramTransport] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._pending: dict[int, tuple[asyncio.Future, list[Value]]] = {}
+        self._streams: dict[int, asyncio.Queue[list[Value] | None]] = {}
         self._listens: dict[int, Listen] = {}
         self._connected = asyncio.Event()
         self.port = 0
@@ -241,6 +242,10 @@ class DhtNode:
         elif isinstance(event, ev.GetValues):
             if event.op in self._pending:
                 self._pending[event.op][1].extend(event.values)
+            if event.op in self._streams:
+                self._streams[event.op].put_nowait(event.values)
+        elif isinstance(event, ev.GetDone) and event.op in self._streams:
+            self._streams[event.op].put_nowait(None)
         elif isinstance(event, ev.GetDone | ev.PutDone):
             fut, values = self._pending.pop(event.op, (None, None))
             if fut is not None and not fut.done():
@@ -284,6 +289,20 @@ class DhtNode:
         op = self.engine.get(key, self._now(), query)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         return await self._await(op, fut)  # type: ignore[return-value]
+
+    async def get_iter(self, key: InfoHash, query: Query | None = None
+                       ) -> AsyncIterator[Value]:
+        """Values as they arrive. A caller that has what it needs may stop early; the
+        search then finishes in the background."""
+        op = self.engine.get(key, self._now(), query)
+        queue = self._streams[op] = asyncio.Queue()
+        self._after()
+        try:
+            while (batch := await queue.get()) is not None:
+                for value in batch:
+                    yield value
+        finally:
+            self._streams.pop(op, None)
 
     async def _await(self, op: int, fut: asyncio.Future) -> object:
         self._pending[op] = (fut, [])

@@ -120,6 +120,14 @@ class SecureDht:
                 out.append(checked)
         return out
 
+    async def get_iter(self, key: InfoHash, owner: str | None = None
+                       ) -> AsyncIterator[SecureValue]:
+        """Verified values as they arrive (see DhtNode.get_iter)."""
+        async for value in self.node.get_iter(key):
+            checked = self._accept(value, owner)
+            if checked is not None:
+                yield checked
+
     def listen(self, key: InfoHash, owner: str | None = None) -> SecureListen:
         return SecureListen(self, self.node.listen(key), owner)
 
