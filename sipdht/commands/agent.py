@@ -23,7 +23,7 @@ from ..cli import (
 )
 from ..config import Config
 from ..link import CHANNEL_ECHO, LinkError
-from .dht import client_options, log_stats, node_config
+from .dht import client_node_config, client_options, log_stats, node_config
 
 log = logging.getLogger("sipdht.agent")
 
@@ -64,13 +64,9 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     return run_async(main())
 
 
-async def _client_agent(args: argparse.Namespace, config: Config, serve: bool = False) -> Agent:
-    ident = load_identity(config) if not serve else load_or_create_identity(config)
-    cfg = node_config(args, config, client=True)
-    if not cfg.bootstrap and not (cfg.state_file and cfg.state_file.exists()):
-        from ..cli import UsageError
-        raise UsageError("no bootstrap node: pass --bootstrap HOST:PORT or set [dht] bootstrap")
-    agent = Agent(config, ident, cfg, serve=False)
+async def _client_agent(args: argparse.Namespace, config: Config) -> Agent:
+    """An agent that places calls but publishes nothing and answers nobody."""
+    agent = Agent(config, load_identity(config), client_node_config(args, config), serve=False)
     if not await agent.start(join_timeout=args.timeout):
         await agent.stop()
         raise OperationFailed(f"no DHT node answered within {args.timeout:g} s")

@@ -71,6 +71,14 @@ def node_config(args: argparse.Namespace, config: Config, client: bool) -> NodeC
     )
 
 
+def client_node_config(args: argparse.Namespace, config: Config) -> NodeConfig:
+    """A short-lived client node; it must have somewhere to join."""
+    cfg = node_config(args, config, client=True)
+    if not cfg.bootstrap and not (cfg.state_file and cfg.state_file.exists()):
+        raise UsageError("no bootstrap node: pass --bootstrap HOST:PORT or set [dht] bootstrap")
+    return cfg
+
+
 def format_value(value: Value, signer: str | None = None, encrypted: bool = False) -> str:
     """`<value id as 16 hex> <type> <data>`: data as text when it is UTF-8, else hex;
     then `signed-by=<account id>` and `encrypted` when they apply."""
@@ -109,9 +117,7 @@ def _report_ignored(secure: SecureDht) -> None:
 async def _joined(args: argparse.Namespace, config: Config) -> tuple[DhtNode, float]:
     """Start a client node and wait until it reached the network; returns it and the deadline."""
     deadline = time.monotonic() + args.timeout
-    cfg = node_config(args, config, client=True)
-    if not cfg.bootstrap and not (cfg.state_file and cfg.state_file.exists()):
-        raise UsageError("no bootstrap node: pass --bootstrap HOST:PORT or set [dht] bootstrap")
+    cfg = client_node_config(args, config)
     node = DhtNode(cfg)
     await node.start()
     if not await node.wait_connected(max(0.0, deadline - time.monotonic())):
