@@ -234,7 +234,7 @@ class PeerLink:
         self.stats: Counter[str] = Counter()
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._queues: dict[int, asyncio.Queue[bytes]] = {}
-        self._pings: dict[int, asyncio.Future[float]] = {}
+        self._pings: dict[int, asyncio.Future[tuple[int, float]]] = {}
         self._last_rx = time.monotonic()
         self._tasks = [asyncio.create_task(self._receive_loop()),
                        asyncio.create_task(self._keepalive_loop())]
@@ -263,19 +263,30 @@ class PeerLink:
             raise LinkError(f"link closed: {self.closed.result()}")
         raise TimeoutError
 
-    async def ping(self, timeout: float = 3.0) -> float:
-        """Round-trip time in seconds over the sealed control channel."""
-        nonce = int.from_bytes(os.urandom(8), "big")
-        fut = self._pings[nonce] = asyncio.get_running_loop().create_future()
-        await self.send(CHANNEL_CONTROL, bytes([CTRL_PING]) + nonce.to_bytes(8, "big"))
-        start = time.monotonic()
+    async def ping(self, timeout: float = 3.0, interval: float = 0.5) -> float:
+        """Round-trip time in seconds over the sealed control channel. Datagrams can be lost
+        (and the callee's side of ICE may still be finishing), so the ping is re-sent every
+        `interval` until a pong comes back or `timeout` passes."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, float]] = loop.create_future()
+        sent: dict[int, float] = {}
+        deadline = time.monotonic() + timeout
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            raise LinkError(f"no answer to a link ping within {timeout:g} s") from None
+            while True:
+                nonce = int.from_bytes(os.urandom(8), "big") or 1
+                sent[nonce] = time.monotonic()
+                self._pings[nonce] = fut
+                await self.send(CHANNEL_CONTROL, bytes([CTRL_PING]) + nonce.to_bytes(8, "big"))
+                wait = min(interval, deadline - time.monotonic())
+                try:
+                    answered, at = await asyncio.wait_for(asyncio.shield(fut), max(wait, 0.001))
+                    return at - sent[answered]
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise LinkError(f"no answer to a link ping within {timeout:g} s") from None
         finally:
-            self._pings.pop(nonce, None)
-        return time.monotonic() - start
+            for nonce in sent:
+                self._pings.pop(nonce, None)
 
     async def close(self, reason: str = "closed by peer") -> None:
         if not self.closed.done():
@@ -322,9 +333,10 @@ class PeerLink:
         if kind == bytes([CTRL_PING]):
             await self.send(CHANNEL_CONTROL, bytes([CTRL_PONG]) + body)
         elif kind == bytes([CTRL_PONG]):
-            fut = self._pings.get(int.from_bytes(body, "big"))
+            nonce = int.from_bytes(body, "big")
+            fut = self._pings.get(nonce)
             if fut and not fut.done():
-                fut.set_result(time.monotonic())
+                fut.set_result((nonce, time.monotonic()))
         elif kind == bytes([CTRL_CLOSE]):
             await self._shutdown("peer closed: " + body.decode("utf-8", "replace"))
 

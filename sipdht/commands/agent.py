@@ -142,8 +142,9 @@ def cmd_ping(args: argparse.Namespace, config: Config) -> int:
         try:
             link, bd = await agent.connect(account, max(1.0, args.timeout - (time.monotonic() - start)))
             try:
-                for _ in range(max(1, args.count)):
-                    bd.rtt_ms.append(await link.ping() * 1000)
+                for i in range(max(1, args.count)):
+                    # the first one also waits for the callee's side of ICE to finish
+                    bd.rtt_ms.append(await link.ping(timeout=10.0 if i == 0 else 3.0) * 1000)
                 if args.data:
                     await exchange_data(link, args.data)
             finally:
