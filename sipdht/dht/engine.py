@@ -743,11 +743,11 @@ class DhtEngine:
             op.ok, op.hops = True, max(op.hops, hops)
             search.gets.remove(op)
             self._search_done(op, search)
-        for op in list(search.puts):
-            self._put_step(search, op, synced, now)
-        for sn in synced[:LISTEN_NODES] if search.listens else ():
-            if sn.listen_sid is None and not sn.listen_pending:
-                self._send_listen(search, sn, now)
+        for op in list(search.puts):       # sending happened in _write_early
+            if all(op.id in sn.acked for sn in synced):
+                if not op.permanent:
+                    search.puts.remove(op)
+                self._search_done(op, search)
 
     def _search_failed(self, search: Search) -> None:
         for op in search.gets:
@@ -771,17 +771,7 @@ class DhtEngine:
             if not op.permanent:
                 del self.ops[op.id]
 
-    # --- put and listen on a synced search --------------------------------------------------
-
-    def _put_step(self, search: Search, op: PutOp, synced: list[SearchNode], now: float) -> None:
-        tag = op.id   # per put operation: a new put of the same value id is sent again
-        for sn in synced:
-            if tag not in sn.acked and tag not in sn.put_pending:
-                self._send_put(search, sn, op, now)
-        if all(tag in sn.acked for sn in synced):
-            if not op.permanent:
-                search.puts.remove(op)
-            self._search_done(op, search)
+    # --- put and listen on the closest nodes ----------------------------------------------
 
     def _send_put(self, search: Search, sn: SearchNode, op: PutOp, now: float) -> None:
         tag = op.id   # per put operation: a new put of the same value id is sent again

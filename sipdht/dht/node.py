@@ -86,7 +86,7 @@ class DhtNode:
         self.engine: DhtEngine | None = None  # type: ignore[assignment]
         self._transports: dict[int, asyncio.DatagramTransport] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._pending: dict[int, tuple[asyncio.Future, list[Value]]] = {}
+        self._pending: dict[int, asyncio.Future[int]] = {}      # put op -> nodes that took it
         self._streams: dict[int, asyncio.Queue[list[Value] | None]] = {}
         self._listens: dict[int, Listen] = {}
         self._connected = asyncio.Event()
@@ -117,9 +117,11 @@ class DhtNode:
         for t in self._transports.values():
             t.close()
         self._transports.clear()
-        for fut, _ in self._pending.values():
+        for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
+        for stream in self._streams.values():
+            stream.put_nowait(None)      # a get in progress ends with what it has
         for listen in self._listens.values():
             listen.queue.put_nowait(None)
 
@@ -239,17 +241,14 @@ class DhtNode:
                 self._connected.set()
             else:
                 self._connected.clear()
-        elif isinstance(event, ev.GetValues):
-            if event.op in self._pending:
-                self._pending[event.op][1].extend(event.values)
-            if event.op in self._streams:
-                self._streams[event.op].put_nowait(event.values)
-        elif isinstance(event, ev.GetDone) and event.op in self._streams:
-            self._streams[event.op].put_nowait(None)
-        elif isinstance(event, ev.GetDone | ev.PutDone):
-            fut, values = self._pending.pop(event.op, (None, None))
+        elif isinstance(event, ev.GetValues | ev.GetDone):
+            stream = self._streams.get(event.op)
+            if stream is not None:
+                stream.put_nowait(event.values if isinstance(event, ev.GetValues) else None)
+        elif isinstance(event, ev.PutDone):
+            fut = self._pending.pop(event.op, None)
             if fut is not None and not fut.done():
-                fut.set_result(values if isinstance(event, ev.GetDone) else event.stored)
+                fut.set_result(event.stored)
         elif isinstance(event, ev.ListenValues):
             listen = self._listens.get(event.op)
             if listen is not None:
@@ -286,9 +285,7 @@ class DhtNode:
 
     async def get(self, key: InfoHash, query: Query | None = None) -> list[Value]:
         """Every value found at the key's closest nodes (and stored locally)."""
-        op = self.engine.get(key, self._now(), query)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        return await self._await(op, fut)  # type: ignore[return-value]
+        return [value async for value in self.get_iter(key, query)]
 
     async def get_iter(self, key: InfoHash, query: Query | None = None
                        ) -> AsyncIterator[Value]:
@@ -304,20 +301,18 @@ class DhtNode:
         finally:
             self._streams.pop(op, None)
 
-    async def _await(self, op: int, fut: asyncio.Future) -> object:
-        self._pending[op] = (fut, [])
-        # The engine may already have answered (e.g. no nodes): drain now.
-        self._after()
+    async def _put(self, key: InfoHash, value: Value, permanent: bool) -> tuple[int, int]:
+        op = self.engine.put(key, value, self._now(), permanent)
+        fut = self._pending[op] = asyncio.get_running_loop().create_future()
+        self._after()     # the engine may already have answered (e.g. no nodes)
         try:
-            return await fut
+            return op, await fut
         finally:
             self._pending.pop(op, None)
 
-    async def put(self, key: InfoHash, value: Value, permanent: bool = False) -> int:
-        """Store a value; returns how many remote nodes acknowledged it."""
-        op = self.engine.put(key, value, self._now(), permanent)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        return await self._await(op, fut)  # type: ignore[return-value]
+    async def put(self, key: InfoHash, value: Value) -> int:
+        """Store a value once; returns how many remote nodes acknowledged it."""
+        return (await self._put(key, value, False))[1]
 
     def listen(self, key: InfoHash) -> Listen:
         op = self.engine.listen(key, self._now())
@@ -327,9 +322,7 @@ class DhtNode:
 
     async def put_permanent(self, key: InfoHash, value: Value) -> tuple[int, int]:
         """Store and keep refreshing a value until `cancel_put(op)`; -> (op, nodes that took it)."""
-        op = self.engine.put(key, value, self._now(), permanent=True)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        return op, await self._await(op, fut)  # type: ignore[return-value]
+        return await self._put(key, value, True)
 
     def cancel_put(self, op: int) -> None:
         self._cancel(op)

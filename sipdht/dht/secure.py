@@ -113,12 +113,7 @@ class SecureDht:
 
     async def get(self, key: InfoHash, owner: str | None = None) -> list[SecureValue]:
         """Verified values at key; with `owner`, only those signed by that account."""
-        out = []
-        for value in await self.node.get(key):
-            checked = self._accept(value, owner)
-            if checked is not None:
-                out.append(checked)
-        return out
+        return [sv async for sv in self.get_iter(key, owner)]
 
     async def get_iter(self, key: InfoHash, owner: str | None = None
                        ) -> AsyncIterator[SecureValue]:
