@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import events as ev
-from .crypto import verify_value
 from .engine import DhtEngine, family_of
 from .infohash import InfoHash
 from .messages import Addr
+from .policies import secure_policy
 from .storage import EditPolicy
 from .values import Query, Value
 
@@ -43,7 +43,9 @@ class NodeConfig:
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     state_file: Path | None = None
     node_id: InfoHash | None = None
-    policy: EditPolicy | None = None
+    # The store policy; the composition root may pass plain_policy(). The default checks
+    # signatures and certificates, importing cryptography only when one arrives.
+    policy: EditPolicy = field(default_factory=secure_policy)
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -100,7 +102,7 @@ class DhtNode:
         families = tuple(f for f, on in ((4, cfg.ipv4), (6, cfg.ipv6)) if on)
         self.engine = DhtEngine(cfg.node_id, network=cfg.network, rate_limit=cfg.rate_limit,
                                 max_storage=cfg.max_storage, client_only=cfg.client_only,
-                                policy=cfg.policy or EditPolicy(verify_value), families=families, now=loop.time(),
+                                policy=cfg.policy, families=families, now=loop.time(),
                                 epoch_offset=time.time() - loop.time())
         await self._bind(families)
         self.engine.families = tuple(self._transports)

@@ -39,6 +39,7 @@ VALUE_TYPES: dict[int, ValueType] = {t.id: t for t in (
     ValueType(8, "certificate", 7 * 86400),
 )}
 DEFAULT_TYPE = VALUE_TYPES[0]
+CERTIFICATE_TYPE = 8
 
 
 def register_type(value_type: ValueType) -> None:
