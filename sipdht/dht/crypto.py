@@ -190,8 +190,14 @@ def _decrypt_bytes(identity: Identity, cypher: bytes) -> bytes:
         raise CryptoError("not encrypted to this identity (AES-GCM tag mismatch)") from None
 
 
-def decrypt_value(identity: Identity, value: Value) -> Value:
-    """The clear, signed value inside an encrypted one; checks recipient and signature."""
+class SignerMismatch(CryptoError):
+    """The value is signed by another account than the one expected."""
+
+
+def decrypt_value(identity: Identity, value: Value, signer: bytes | None = None) -> Value:
+    """The clear, signed value inside an encrypted one; checks recipient and signature.
+    With `signer` (a key id), a value signed by another key is refused before its
+    signature is verified."""
     if value.cypher is None:
         raise CryptoError("value is not encrypted")
     plaintext = _decrypt_bytes(identity, bytes(value.cypher))
@@ -204,6 +210,8 @@ def decrypt_value(identity: Identity, value: Value) -> Value:
         raise CryptoError(f"bad encrypted body: {exc}") from None
     if clear.recipient != identity.key_id:
         raise CryptoError("recipient mismatch")
+    if signer is not None and owner_id(clear) != signer:
+        raise SignerMismatch("signed by another account")
     if not verify_value(clear):
         raise CryptoError("signature mismatch")
     return clear
