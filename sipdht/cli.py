@@ -14,9 +14,13 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import __version__, identity
+from . import __version__
 from .config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from . import identity
 
 log = logging.getLogger("sipdht")
 
@@ -90,11 +94,15 @@ def setup_logging(config: Config, verbose: bool) -> None:
 
 
 def load_identity(config: Config, location: str | Path | None = None) -> identity.Identity:
+    from . import identity  # not at the top: a plain DHT node needs no crypto
+
     passphrase = identity.passphrase_from_env(config.identity.passphrase_env)
     return identity.load(location or config.identity_path, passphrase)
 
 
 def load_or_create_identity(config: Config) -> identity.Identity:
+    from . import identity
+
     key_path, _ = identity.identity_files(config.identity_path)
     if key_path.exists():
         return load_identity(config)
@@ -144,7 +152,9 @@ def run_async(coro) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import commands  # noqa: F401  (registers the subcommands)
+    from . import commands, identity
+
+    commands.load_all()
 
     parser = build_parser()
     args = parser.parse_args(argv)
