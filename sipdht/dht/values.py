@@ -7,6 +7,7 @@ shortest integers, str for keys and utype, bin for every byte string.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -245,9 +246,8 @@ class Query:
                 return False
             if fid == FIELD_UTYPE and v.utype.encode() != want:
                 return False
-            if fid == FIELD_OWNER:
-                from ..identity import key_id
-                if v.owner is None or key_id(v.owner) != want:
+            if fid == FIELD_OWNER:     # the owner's key id: SHA-1 of its DER key
+                if v.owner is None or hashlib.sha1(bytes(v.owner)).digest() != want:
                     return False
         return True
 

@@ -36,7 +36,7 @@ def test_plain_node_serving_puts_and_gets_loads_no_crypto() -> None:
         from sipdht.config import Config
         from sipdht.dht.infohash import InfoHash
         from sipdht.dht.node import DhtNode, NodeConfig
-        from sipdht.dht.values import new_value
+        from sipdht.dht.values import FIELD_OWNER, Query, new_value
 
         async def main():
             config = Config()
@@ -51,6 +51,8 @@ def test_plain_node_serving_puts_and_gets_loads_no_crypto() -> None:
                 key = InfoHash.get("plain")
                 stored = await asyncio.wait_for(client.put(key, new_value(b"hello")), 10)
                 got = await asyncio.wait_for(client.get(key), 10)
+                by_owner = Query(where=((FIELD_OWNER, bytes(20)),))
+                assert await asyncio.wait_for(client.get(key, by_owner), 10) == []
             finally:
                 await client.stop()
                 await server.stop()
