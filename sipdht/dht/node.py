@@ -27,6 +27,9 @@ from .values import Query, Value
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 4222
+# A bug reached by remote input is logged at most this often (one line, no traceback):
+# a peer repeating the datagram must not fill the log.
+ERROR_LOG_INTERVAL = 60.0
 
 
 @dataclass
@@ -92,6 +95,7 @@ class DhtNode:
         self._streams: dict[int, asyncio.Queue[list[Value] | None]] = {}
         self._listens: dict[int, Listen] = {}
         self._connected = asyncio.Event()
+        self._next_error_log = float("-inf")
         self.port = 0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -214,13 +218,30 @@ class DhtNode:
         return asyncio.get_running_loop().time()
 
     def _receive(self, data: bytes, addr: Addr) -> None:
-        self.engine.receive_datagram(data, addr, self._now())
+        try:
+            self.engine.receive_datagram(data, addr, self._now())
+        except Exception as exc:  # a bug that remote input reached: count, never crash or flood
+            self._remote_error("receive_errors", exc, f"a datagram from {addr[0]}:{addr[1]}")
         self._after()
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.engine.handle_timer(self._now())
+        try:
+            self.engine.handle_timer(self._now())
+        except Exception as exc:  # state built from remote input; the timer must keep running
+            self._remote_error("timer_errors", exc, "a timer")
         self._after()
+
+    def _remote_error(self, counter: str, exc: Exception, where: str) -> None:
+        stats = self.engine.stats
+        stats[counter] += 1
+        now = self._now()
+        if now < self._next_error_log:
+            return
+        self._next_error_log = now + ERROR_LOG_INTERVAL
+        log.warning("handling %s raised %s: %s (%d receive / %d timer errors so far; "
+                    "logged at most every %g s)", where, type(exc).__name__, exc,
+                    stats["receive_errors"], stats["timer_errors"], ERROR_LOG_INTERVAL)
 
     def _after(self) -> None:
         engine, now = self.engine, self._now()
