@@ -7,7 +7,6 @@ timer, and turns engine events into futures and async iterators.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
@@ -16,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import write_private
 from . import events as ev
 from .engine import DhtEngine, family_of
 from .infohash import InfoHash
@@ -208,9 +208,12 @@ class DhtNode:
         nodes = [[n.id.hex(), n.addr[0], n.addr[1]] for n in self.engine.good_nodes(now)]
         if not nodes:
             return
-        with contextlib.suppress(OSError):
+        state = json.dumps({"node_id": self.engine.id.hex(), "nodes": nodes}).encode()
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"node_id": self.engine.id.hex(), "nodes": nodes}))
+            write_private(path, state)      # 0600, atomic: it tells where this node lives
+        except OSError as exc:
+            log.warning("%s: cannot save the DHT state: %s", path, exc)
 
     # --- the sans-IO pump -------------------------------------------------------------------
 
