@@ -88,7 +88,7 @@ class Listen:
 class DhtNode:
     def __init__(self, config: NodeConfig | None = None) -> None:
         self.config = config or NodeConfig()
-        self.engine: DhtEngine | None = None  # type: ignore[assignment]
+        self.engine: DhtEngine = None  # type: ignore[assignment]  # set by start()
         self._transports: dict[int, asyncio.DatagramTransport] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._pending: dict[int, asyncio.Future[int]] = {}      # put op -> nodes that took it
@@ -179,7 +179,7 @@ class DhtNode:
                 log.warning("bootstrap %s:%d: cannot resolve: %s", host, port, exc)
                 continue
             for info in infos:
-                addr = (info[4][0], info[4][1])
+                addr = (str(info[4][0]), int(info[4][1]))
                 if family_of(addr) in self._transports and addr not in out:
                     out.append(addr)
         return out
