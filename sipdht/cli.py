@@ -151,11 +151,26 @@ def run_async(coro) -> int:
         return EXIT_OK
 
 
+def _command_name(argv: list[str] | None) -> str | None:
+    """The subcommand argv names, found before the full parser is built so that only its
+    module need be imported (a plain `sipdht node` then loads no crypto)."""
+    pre = argparse.ArgumentParser(add_help=False, parents=[_common_options(None, False)])
+    pre.add_argument("command", nargs="?")
+    known, _ = pre.parse_known_args(argv)
+    return known.command
+
+
+def _failure_types() -> tuple[type[BaseException], ...]:
+    """Errors reported in one line with exit 1; IdentityError only if identity was loaded
+    (it cannot have been raised otherwise)."""
+    identity = sys.modules.get(f"{__package__}.identity")
+    return (OperationFailed, OSError) + ((identity.IdentityError,) if identity else ())
+
+
 def main(argv: list[str] | None = None) -> int:
-    from . import commands, identity
+    from . import commands
 
-    commands.load_all()
-
+    commands.load_for(_command_name(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -168,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"sipdht: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (identity.IdentityError, OperationFailed, OSError) as exc:
-        print(f"sipdht: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:
+        if not isinstance(exc, _failure_types()):
+            raise
+        print(f"sipdht: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 

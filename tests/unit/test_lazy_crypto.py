@@ -78,3 +78,26 @@ def test_default_policy_still_checks_signatures() -> None:
         print(bool({CRYPTO_LOADED}))
     """)
     assert out.splitlines() == ["signature verification failed", "True"]
+
+
+def test_sipdht_node_command_loads_no_crypto(tmp_path) -> None:
+    """`sipdht node` itself: -X importtime lists every module the process imports."""
+    cfg = tmp_path / "sipdht.ini"
+    cfg.write_text("[dht]\nport = 0\nbind4 = 127.0.0.1\nipv6 = false\n")
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "sipdht",
+                             "--config", str(cfg), "node"],
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:            # bounded: the node logs its port at start
+            lines.append(line)
+            if "listening on UDP port" in line or len(lines) > 5000:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert any("listening on UDP port" in line for line in lines), "".join(lines[-20:])
+    imported = [line.split("|")[-1].strip() for line in lines if line.startswith("import time:")]
+    assert "sipdht.dht.node" in imported
+    assert [m for m in imported if m.split(".")[0] == "cryptography"] == []
