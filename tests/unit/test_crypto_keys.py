@@ -119,7 +119,7 @@ class Values:
     def __init__(self, values: list[Value]) -> None:
         self.values = values
 
-    async def get_iter(self, key, query=None):
+    async def get_iter(self, key, query=None, **kwargs):
         for v in self.values:
             yield v
 
