@@ -102,6 +102,9 @@ class Link(Protocol):
     async def recv(self, channel: int, timeout: float | None = None) -> bytes:
         """The next message on `channel`; raises LinkClosed or TimeoutError."""
 
+    def send_nowait(self, channel: int, message: bytes) -> None:
+        """Send from a synchronous callback (a media relay): no task when the path allows."""
+
     def on_message(self, channel: int, handler: Callable[[bytes], None] | None) -> None:
         """Deliver `channel`'s messages to `handler` as they arrive (no queue, for media)."""
 
