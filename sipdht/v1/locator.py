@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..dht.crypto import load_public_key
 from ..dht.infohash import InfoHash
-from ..dht.secure import SecureDht, SecureListen
+from ..dht.secure import SecureDht
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,3 @@ class Locator:
                 break
         result.devices.sort(key=lambda d: d.published, reverse=True)
         return result
-
-    def inbox(self) -> SecureListen:
-        from .signaling import inbox_key
-        return self.secure.listen(inbox_key(self.account))

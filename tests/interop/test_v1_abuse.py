@@ -65,3 +65,41 @@ async def test_the_node_id_does_not_reveal_the_account(dht, idents, tmp_path):  
         assert bob.node.id.hex() != idents["bob"].node_id.hex()
     finally:
         await bob.stop()
+
+
+@async_test
+async def test_an_inbox_flood_is_decrypted_once_per_ciphertext_and_calls_still_work(
+        dht, idents, tmp_path, caplog):  # noqa: F811
+    """Before: every inbox value >= 512 B cost an RSA decryption before any check, repeated
+    ciphertexts included, and each refusal logged a warning line."""
+    import logging
+    import os
+
+    from sipdht.v1.signaling import CALL_TYPE, inbox_key
+
+    bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
+    alice = make_agent(dht, idents["alice"], serve=False)
+    await started(bob, alice)
+    junk = os.urandom(600)
+    try:
+        with caplog.at_level(logging.INFO):
+            for i in range(200):                  # the same ciphertext under 200 value ids
+                await alice.node.put(inbox_key(bob.account),
+                                     Value(id=1000 + i, type=CALL_TYPE, cypher=junk))
+            for i in range(50):                   # and 50 different junk ciphertexts
+                await alice.node.put(inbox_key(bob.account),
+                                     Value(id=5000 + i, type=CALL_TYPE, cypher=os.urandom(600)))
+            for _ in range(100):
+                if bob.v1.stats["inbox_duplicate"] >= 199:
+                    break
+                await asyncio.sleep(0.05)
+            link = await asyncio.wait_for(alice.connect(bob.account, timeout=10), 15)
+            assert await link.ping() > 0
+        assert bob.v1.stats["inbox_duplicate"] >= 199
+        assert bob.secure.stats["not_for_us"] + bob.secure.stats["bad_encrypted"] <= 51
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING
+                    and r.name.startswith("sipdht")]
+        assert len(warnings) < 10, [r.getMessage() for r in warnings]
+    finally:
+        await alice.stop()
+        await bob.stop()
