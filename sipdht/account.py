@@ -142,7 +142,10 @@ class AccountType(Protocol):
     """One way of being reachable by account id (protocol v1, Jami, ...)."""
 
     name: str                        # e.g. "sipdht/1"
-    account: str                     # our own account id
+
+    @property
+    def account(self) -> str:        # our own account id
+        ...
 
     async def resolve(self, account: str) -> list[Device]:
         """The account's devices (online or not); [] when nothing is published."""

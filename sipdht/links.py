@@ -9,6 +9,7 @@ or incoming, is announced to subscribers (the SIP gateway reads its SIP channel)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -38,7 +39,7 @@ class LinkPool:
 
     async def start(self) -> None:
         for acct in self.accounts:
-            self.tasks.forever(f"incoming {acct.name}", lambda a=acct: self._take_incoming(a))
+            self.tasks.forever(f"incoming {acct.name}", functools.partial(self._take_incoming, acct))
         if self.idle_timeout > 0:
             self.tasks.forever("idle links", self._idle_loop)
 

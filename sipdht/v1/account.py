@@ -14,7 +14,6 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -33,7 +32,7 @@ from ..dht.secure import SecureDht, SecureValue
 from ..dht.values import Value
 from ..tasks import Supervisor
 from .ice import IceConfig, IceSession
-from .link import PeerLink
+from .link import Breakdown, PeerLink
 from .locator import Locator, Resolution
 from .sealing import EphemeralKey, LinkCrypto, derive_keys
 from .signaling import IncomingCall, RefusedOffer, Signaling, inbox_key
@@ -46,17 +45,6 @@ MAX_INBOX_QUEUE = 256       # inbox values waiting for their (RSA) decryption
 MAX_DIGESTS = 4096          # ciphertexts already seen (decrypted at most once)
 MAX_WAITING = 32            # accepted links nobody has taken yet
 LOG_EVERY = 10.0            # seconds between two log lines about bad inbox values
-
-
-@dataclass
-class Breakdown:
-    """Where the time of one link setup went (milliseconds)."""
-    lookup_ms: float = 0.0
-    gather_ms: float = 0.0
-    signalling_ms: float = 0.0
-    ice_ms: float = 0.0
-    rtt_ms: list[float] = field(default_factory=list)
-    path: str = ""
 
 
 def ice_config(config: Config) -> IceConfig:
@@ -135,7 +123,7 @@ class V1Account:
             if not ok:
                 await ice.close()
         bd.path = link.path
-        link.setup = bd                 # type: ignore[attr-defined]  (shown by `sipdht ping`)
+        link.setup = bd                 # shown by `sipdht ping`
         return link
 
     async def _call(self, account, key, params, mine, uri, deadline, device):
@@ -150,7 +138,7 @@ class V1Account:
 
     # --- incoming ---------------------------------------------------------------------------
 
-    async def incoming(self) -> AsyncIterator[IncomingLink]:   # type: ignore[override]
+    async def incoming(self) -> AsyncIterator[IncomingLink]:
         while True:
             yield await self._incoming.get()
 

@@ -201,7 +201,7 @@ class Locator:
                 continue            # an older record of the same device (an earlier run)
             newest[device.id] = device
             result.devices = list(newest.values())
-            result.public_key = load_public_key(bytes(sv.value.owner))
+            result.public_key = load_public_key(bytes(sv.value.owner or b""))
             if first_online and result.online:
                 break
         result.devices.sort(key=lambda d: d.published, reverse=True)
