@@ -290,14 +290,18 @@ def _load_contacts(items: dict[str, str], source: Path) -> dict[str, str]:
     return contacts
 
 
+class _CaseKeepingParser(configparser.ConfigParser):
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr   # aliases in [contacts] keep their case
+
+
 def load_config(source: str | Path | None) -> Config:
     """Read an INI file; None gives the embedded defaults."""
     config = Config()
     if source is None:
         return config
     source = Path(source)
-    parser = configparser.ConfigParser(interpolation=None, default_section="\x00none")
-    parser.optionxform = str  # aliases in [contacts] keep their case
+    parser = _CaseKeepingParser(interpolation=None, default_section="\x00none")
     try:
         with open(source, encoding="utf-8") as fh:
             parser.read_file(fh)
