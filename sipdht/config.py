@@ -20,6 +20,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path("~/.local/share/sipdht")
+# The public OpenDHT network's bootstrap, as used by dhtnode's examples and Jami (port 4222).
+PUBLIC_BOOTSTRAP = ("bootstrap.jami.net", 4222)
 ACCOUNT_ID_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -187,7 +189,8 @@ class DhtConfig:
     bind6: str = _opt("::", text)
     ipv4: bool = _opt(True, boolean)
     ipv6: bool = _opt(True, boolean)
-    bootstrap: list[tuple[str, int]] = _opt(list, hostport_list(4222), factory=True)
+    bootstrap: list[tuple[str, int]] = _opt(lambda: [PUBLIC_BOOTSTRAP], hostport_list(4222),
+                                            factory=True)
     network: int = _opt(0, int_range(0, 2**32 - 1))
     state_file: Path | None = _opt(None, path)
     rate_limit: bool = _opt(True, boolean)

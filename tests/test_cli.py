@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.harness.configs import loopback_ini
+
 
 def sipdht(*args, cwd=None, env=None, timeout=60):
     return subprocess.run([sys.executable, "-m", "sipdht", *args], capture_output=True,
@@ -17,10 +19,7 @@ def sipdht(*args, cwd=None, env=None, timeout=60):
 
 @pytest.fixture
 def ini(tmp_path):
-    p = tmp_path / "conf" / "s.ini"
-    p.parent.mkdir()
-    p.write_text("[identity]\npath = ../var/me\nkey_bits = 2048\n")
-    return p
+    return loopback_ini(tmp_path / "conf" / "s.ini", identity="../var/me")
 
 
 def test_help_lists_every_subcommand():
@@ -79,7 +78,6 @@ def test_missing_identity_exit_1(ini):
 
 
 def test_run_creates_identity_and_stops_on_sigint(ini, tmp_path):
-    ini.write_text(ini.read_text() + "[dht]\nport = 0\nipv6 = no\nbind4 = 127.0.0.1\n")
     proc = subprocess.Popen([sys.executable, "-m", "sipdht", "run", "--config", str(ini)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

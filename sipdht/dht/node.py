@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import events as ev
+from .bootstrap import Joiner
 from .crypto import verify_value
 from .engine import DhtEngine, family_of
 from .infohash import InfoHash
@@ -90,6 +91,7 @@ class DhtNode:
         self._streams: dict[int, asyncio.Queue[list[Value] | None]] = {}
         self._listens: dict[int, Listen] = {}
         self._connected = asyncio.Event()
+        self._joining: asyncio.Task[None] | None = None
         self.port = 0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -105,13 +107,17 @@ class DhtNode:
         await self._bind(families)
         self.engine.families = tuple(self._transports)
         self._load_state()
-        addrs = await self._resolve(cfg.bootstrap)
-        if addrs:
-            self.engine.bootstrap(addrs, loop.time())
+        joiner = Joiner(self, cfg.bootstrap, self.engine.families)
+        await joiner.attempt()       # resolved and pinged when start() returns, as before
+        self._joining = asyncio.create_task(joiner.run())   # retries, says when unreachable
         self._after()
 
     async def stop(self) -> None:
         self._save_state()
+        if self._joining:
+            self._joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._joining
         if self._timer:
             self._timer.cancel()
         for t in self._transports.values():
@@ -162,21 +168,6 @@ class DhtNode:
             return None
         sock.setblocking(False)
         return sock
-
-    async def _resolve(self, hosts: list[tuple[str, int]]) -> list[Addr]:
-        loop = asyncio.get_running_loop()
-        out: list[Addr] = []
-        for host, port in hosts:
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            except OSError as exc:
-                log.warning("bootstrap %s:%d: cannot resolve: %s", host, port, exc)
-                continue
-            for info in infos:
-                addr = (info[4][0], info[4][1])
-                if family_of(addr) in self._transports and addr not in out:
-                    out.append(addr)
-        return out
 
     # --- state file -------------------------------------------------------------------------
 
@@ -279,8 +270,8 @@ class DhtNode:
         except TimeoutError:
             return False
 
-    def bootstrap(self, addr: Addr) -> None:
-        self.engine.bootstrap([addr], self._now())
+    def bootstrap(self, *addrs: Addr) -> None:
+        self.engine.bootstrap(list(addrs), self._now())
         self._after()
 
     async def get(self, key: InfoHash, query: Query | None = None) -> list[Value]:
