@@ -79,6 +79,7 @@ def fast_retries(monkeypatch):
     monkeypatch.setattr(bootstrap, "RETRY_FIRST", 0.2)
     monkeypatch.setattr(bootstrap, "RETRY_MAX", 0.4)
     monkeypatch.setattr(bootstrap, "CHECK_CONNECTED", 0.1)
+    monkeypatch.setattr(bootstrap, "RESOLVE_TIMEOUT", 0.3)   # a slow resolver still fails fast
 
 
 def _node(boot: list[tuple[str, int]]) -> DhtNode:
