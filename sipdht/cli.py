@@ -53,8 +53,8 @@ def command(name: str, help_text: str, setup: Callable[[argparse.ArgumentParser]
     return register
 
 
-def _common_options(config_default, verbose_default) -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common_options(config_default, verbose_default) -> _Parser:
+    common = _Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=config_default,
                         help=f"INI file (default: {USER_CONFIG} if it exists, else built-in defaults)")
     common.add_argument("-v", "--verbose", action="store_true", default=verbose_default,

@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from .files import write_private
@@ -34,7 +35,7 @@ class IdentityError(Exception):
     """The identity cannot be created or loaded; the message is user-facing."""
 
 
-def spki_der(public_key: rsa.RSAPublicKey) -> bytes:
+def spki_der(public_key: CertificatePublicKeyTypes) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -41,7 +41,8 @@ def _hostport(raw: str) -> tuple[str, int]:
 
 
 def _network_args(p: argparse.ArgumentParser, default_port: str) -> None:
-    p.add_argument("--port", type=int, metavar="P", help=f"UDP port ({default_port}; 0 = ephemeral)")
+    p.add_argument("--port", "-p", type=int, metavar="PORT",
+                   help=f"UDP port ({default_port}; 0 = ephemeral)")
     p.add_argument("--bootstrap", "-b", action="append", type=_hostport, metavar="HOST:PORT",
                    help="bootstrap node (repeatable; default: [dht] bootstrap)")
     p.add_argument("--network", "-n", type=int, metavar="N", help="network id (default: [dht] network)")

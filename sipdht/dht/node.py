@@ -7,6 +7,7 @@ timer, and turns engine events into futures and async iterators.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from ..files import write_private
 from . import events as ev
+from .bootstrap import Joiner
 from .engine import DhtEngine, family_of
 from .infohash import InfoHash
 from .messages import Addr
@@ -96,6 +98,7 @@ class DhtNode:
         self._listens: dict[int, Listen] = {}
         self._connected = asyncio.Event()
         self._next_error_log = float("-inf")
+        self._joining: asyncio.Task[None] | None = None
         self.port = 0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -111,13 +114,17 @@ class DhtNode:
         await self._bind(families)
         self.engine.families = tuple(self._transports)
         self._load_state()
-        addrs = await self._resolve(cfg.bootstrap)
-        if addrs:
-            self.engine.bootstrap(addrs, loop.time())
+        joiner = Joiner(self, cfg.bootstrap, self.engine.families)
+        await joiner.attempt()       # resolved and pinged when start() returns, as before
+        self._joining = asyncio.create_task(joiner.run())   # retries, says when unreachable
         self._after()
 
     async def stop(self) -> None:
         self._save_state()
+        if self._joining:
+            self._joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._joining
         if self._timer:
             self._timer.cancel()
         for t in self._transports.values():
@@ -168,21 +175,6 @@ class DhtNode:
             return None
         sock.setblocking(False)
         return sock
-
-    async def _resolve(self, hosts: list[tuple[str, int]]) -> list[Addr]:
-        loop = asyncio.get_running_loop()
-        out: list[Addr] = []
-        for host, port in hosts:
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            except OSError as exc:
-                log.warning("bootstrap %s:%d: cannot resolve: %s", host, port, exc)
-                continue
-            for info in infos:
-                addr = (str(info[4][0]), int(info[4][1]))
-                if family_of(addr) in self._transports and addr not in out:
-                    out.append(addr)
-        return out
 
     # --- state file -------------------------------------------------------------------------
 
@@ -305,8 +297,8 @@ class DhtNode:
         except TimeoutError:
             return False
 
-    def bootstrap(self, addr: Addr) -> None:
-        self.engine.bootstrap([addr], self._now())
+    def bootstrap(self, *addrs: Addr) -> None:
+        self.engine.bootstrap(list(addrs), self._now())
         self._after()
 
     async def get(self, key: InfoHash, query: Query | None = None) -> list[Value]:
