@@ -28,7 +28,8 @@ class BadMessage(ValueError):
     """Not acceptable SIP; str() is the reason phrase of the 400 answer."""
 
 
-def _normalise(data: bytes) -> tuple[list[bytes], bytes]:
+def _normalise(data: bytes, max_headers: int = MAX_HEADERS,
+               max_line: int = MAX_LINE) -> tuple[list[bytes], bytes]:
     """Split into unfolded header lines and the raw body (LF and CRLF both accepted)."""
     for sep in (b"\r\n\r\n", b"\n\n"):
         head, found, body = data.partition(sep)
@@ -42,9 +43,9 @@ def _normalise(data: bytes) -> tuple[list[bytes], bytes]:
             lines[-1] += b" " + line.strip()       # RFC 3261 7.3.1 folding
         else:
             lines.append(line)
-        if len(lines) > MAX_HEADERS + 1:
-            raise BadMessage(f"Too many headers (more than {MAX_HEADERS})")
-    if any(len(line) > MAX_LINE for line in lines):
+        if len(lines) > max_headers + 1:
+            raise BadMessage(f"Too many headers (more than {max_headers})")
+    if any(len(line) > max_line for line in lines):
         raise BadMessage("Header line too long")
     return lines, body
 
@@ -183,12 +184,13 @@ def response(request: Request, code: int, reason: str = "", *, to_tag: str = "",
     return resp
 
 
-def request(method: str, uri: URI | str, *, via_host: str, via_transport: str = "UDP",
+def request(method: str, uri: URI | str, *, via_host: str, via_port: int | None = None,
+            via_transport: str = "UDP",
             from_addr: Address, to_addr: Address, call_id: str, cseq: int,
             contact: Address | None = None, body: bytes = b"", content_type: str = "",
             max_forwards: int = 70, branch_id: str = "") -> Request:
     req = Request(method, uri if isinstance(uri, URI) else URI.parse(uri), body)
-    req.via = [Via(via_transport, via_host,
+    req.via = [Via(via_transport, via_host, via_port,
                    parameters=Parameters(branch=branch_id or new_branch(), rport=None))]
     req.max_forwards = max_forwards
     req.from_address = from_addr
@@ -220,3 +222,31 @@ def stamp_received(request: Request, host: str, port: int) -> None:
 
 def is_address_literal(host: str) -> bool:
     return bool(re.fullmatch(r"[0-9.]+|\[[0-9a-fA-F:.]+\]", host))
+
+
+ECHOED = ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")
+
+
+def bad_request(data: bytes, reason: str) -> bytes | None:
+    """A 400 for a request we could not parse, echoing its transaction headers as raw
+    lines; None when it was not recognisably a request (then it is only counted)."""
+    data = data[:MAX_SIZE]
+    if b"\n\n" not in data.replace(b"\r\n", b"\n"):
+        data += b"\r\n\r\n"                   # truncated: answer from what arrived
+    try:
+        lines, _ = _normalise(data, max_headers=MAX_SIZE, max_line=MAX_SIZE)
+    except BadMessage:
+        return None
+    text = [line.decode("utf-8", "replace") for line in lines]
+    first = text[0].split(" ")
+    if len(first) != 3 or first[2] != "SIP/2.0" or first[0] in ("ACK", "SIP/2.0"):
+        return None
+    echoed = [line for line in text[1:]
+              if line.partition(":")[0].strip().lower() in ECHOED and line.isprintable()]
+    compact = {"v": "via", "f": "from", "t": "to", "i": "call-id"}
+    names = {compact.get(n, n) for n in (line.partition(":")[0].strip().lower() for line in echoed)}
+    if not {"via", "from", "to", "call-id", "cseq"} <= names:
+        return None
+    phrase = "".join(ch for ch in reason if ch.isprintable())[:120]
+    head = [f"SIP/2.0 400 {phrase}", *echoed, "Content-Length: 0"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
