@@ -159,13 +159,21 @@ def account_list(raw: str, _base: Path) -> list[str]:
     return [account_id(item) for item in split_list(raw)]
 
 
-def url_list(scheme: str) -> Parser:
-    def parse(raw: str, _base: Path) -> list[str]:
-        items = split_list(raw)
-        for item in items:
-            if not item.startswith(scheme + ":"):
-                raise _Invalid(f"{scheme}:HOST[:PORT] URLs separated by commas")
-        return items
+def server_list(scheme: str, default_port: int) -> Parser:
+    """`stun:HOST[:PORT]` / `turn:[IPV6]:PORT` URLs (RFC 7064/7065) -> [(host, port)]."""
+    def parse(raw: str, _base: Path) -> list[tuple[str, int]]:
+        out = []
+        for item in split_list(raw):
+            scheme_, _, rest = item.partition(":")
+            rest = rest.split("?", 1)[0]          # ?transport=udp: UDP is all aioice uses here
+            if scheme_.lower() != scheme or not rest:
+                raise _Invalid(f"{scheme}:HOST[:PORT] URLs separated by commas ('{item}' is not one)")
+            try:
+                out.append(parse_hostport(rest, default_port))
+            except _Invalid:
+                raise _Invalid(f"{scheme}:HOST[:PORT] or {scheme}:[IPV6]:PORT URLs "
+                               f"('{item}' is not one)") from None
+        return out
 
     return parse
 
@@ -197,12 +205,13 @@ class DhtConfig:
 
 @dataclass
 class IceConfig:
-    stun: list[str] = _opt(list, url_list("stun"), factory=True)
-    turn: list[str] = _opt(list, url_list("turn"), factory=True)
+    stun: list[tuple[str, int]] = _opt(list, server_list("stun", 3478), factory=True)
+    turn: list[tuple[str, int]] = _opt(list, server_list("turn", 3478), factory=True)
     turn_username: str = _opt("", text)
     turn_password: str = _opt("", text)
     host_addresses: list[str] = _opt(list, ip_list, factory=True)
     timeout: float = _opt(15.0, float_range(1, 300))
+    idle_timeout: float = _opt(300.0, float_range(0, 86400))
 
 
 @dataclass

@@ -1,6 +1,6 @@
 import time
 
-from sipdht.locator import Device, Resolution, decode_record, device_id_for, encode_record
+from sipdht.v1.locator import Device, Resolution, decode_record, device_id_for, encode_record
 
 
 def test_device_id_is_kept_across_restarts(tmp_path):
