@@ -64,6 +64,8 @@ class Relay:
         self.rtcp_mux = False
         self.sent = self.received = self.dropped = 0
         self._loop = asyncio.get_running_loop()
+        # PeerLink.send_nowait sends from this callback without a task per packet
+        self._send_nowait: Callable[[int, bytes], None] | None = getattr(link, "send_nowait", None)
         self._loop.add_reader(self.rtp.fileno(), self._readable, self.rtp)
         self._loop.add_reader(self.rtcp.fileno(), self._readable, self.rtcp)
         link.on_message(self.channel, self._from_link)
@@ -90,7 +92,13 @@ class Relay:
                 self.dropped += 1
                 continue
             self.sent += 1
-            self._loop.create_task(self._send(self.peer_channel, data))
+            if self._send_nowait is not None:
+                try:
+                    self._send_nowait(self.peer_channel, data)
+                except (LinkClosed, ConnectionError):
+                    self.dropped += 1
+            else:
+                self._loop.create_task(self._send(self.peer_channel, data))
 
     async def _send(self, channel: int, data: bytes) -> None:
         with contextlib.suppress(LinkClosed, ConnectionError):

@@ -72,7 +72,7 @@ def _screen(cwd: str) -> str:
 
 async def sipp_call(gw_a, gw_b, calls: int, rate: int = 10, limit: int = 20,
                     uac_scenario: str = "uac", uas_scenario: str = "uas",
-                    timeout: float = 60) -> tuple[int, str]:
+                    timeout: float = 60, callee: str = BOB) -> tuple[int, str]:
     uas_port = free_port()
     with tempfile.TemporaryDirectory() as cwd:
         await register(gw_b, "bob", uas_port)
@@ -80,7 +80,7 @@ async def sipp_call(gw_a, gw_b, calls: int, rate: int = 10, limit: int = 20,
                "-trace_screen", "-trace_err"] + _scenario(uas_scenario, cwd)
         async with spawn(uas, cwd):
             await asyncio.sleep(0.3)
-            uac = ["sipp", f"127.0.0.1:{gw_a.port}", "-s", BOB, "-i", "127.0.0.1",
+            uac = ["sipp", f"127.0.0.1:{gw_a.port}", "-s", callee, "-i", "127.0.0.1",
                    "-p", str(free_port()), "-m", str(calls), "-r", str(rate), "-l", str(limit),
                    "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
                    "-trace_screen", "-trace_err"] + _scenario(uac_scenario, cwd)
