@@ -184,3 +184,28 @@ def test_no_softphone_registered_at_callee_is_480():
             await gw_b.stop()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("uac, uas", [
+    ("uac_cancel", "uas_cancel"),
+    ("uac_busy", "uas_busy"),
+    ("uac_callee_hangs_up", "uas_hangs_up"),
+    ("uac_hold_resume", "uas_hold_resume"),
+])
+def test_sipp_scenarios_through_two_gateways(uac, uas):
+    """CANCEL before answer, 486 passed back, BYE from the callee, re-INVITE hold/resume."""
+    require_binary("sipp")
+
+    async def main():
+        gw_a, gw_b = await two_gateways()
+        try:
+            rc, out = await sipp_call(gw_a, gw_b, calls=5, rate=5, limit=5,
+                                      uac_scenario=uac, uas_scenario=uas, timeout=30)
+            assert rc == 0, out
+            await asyncio.sleep(0.2)
+            assert not gw_a.b2bua.calls and not gw_b.b2bua.calls
+        finally:
+            await gw_a.stop()
+            await gw_b.stop()
+
+    asyncio.run(main())
