@@ -99,7 +99,8 @@ class B2BUA:
     def outgoing(self, req: Request, tx: ServerTransaction) -> None:
         """A local softphone dials an account id or alias."""
         gw = self.gw
-        gw.respond(tx, message.response(req, 100))
+        if req.method == "INVITE":
+            gw.respond(tx, message.response(req, 100))
         account = gw.resolve(req.uri.user or "")
         if account is None:
             gw.respond(tx, message.response(
@@ -110,8 +111,8 @@ class B2BUA:
         call = Call(req)
         call.a = self._uas_leg(call, req, tx, "local")
         self.calls.add(call)
-        log.info("call %s: %s -> %s (%s)", req.call_id, req.from_address.uri, account,
-                 req.uri)
+        log.info("%s %s: %s -> %s (%s)", "call" if req.method == "INVITE" else "message",
+                 req.call_id, req.from_address.uri, account, req.uri)
         call.task = asyncio.get_running_loop().create_task(self._connect(call, account))
 
     async def _connect(self, call: Call, account: str) -> None:
@@ -142,14 +143,15 @@ class B2BUA:
         except sdp.BadSdp as exc:
             self._fail(call, 488, f"Bad SDP ({exc})")
             return
-        invite = self._build(b, "INVITE", req, body)
-        b.invite = gw.send_request(b, invite, ("invite", b))
+        first = self._build(b, req.method, req, body)
+        b.invite = gw.send_request(b, first, ("invite", b))
         gw.flush()
 
     def incoming(self, req: Request, tx: ServerTransaction, link: Link) -> None:
         """A peer's INVITE over a link: ring every registered softphone."""
         gw = self.gw
-        gw.respond(tx, message.response(req, 100))
+        if req.method == "INVITE":
+            gw.respond(tx, message.response(req, 100))
         bindings = gw.registrar.bindings(gw.now())
         if not bindings:
             gw.respond(tx, message.response(req, 480, "No softphone registered at the callee"))
@@ -174,9 +176,9 @@ class B2BUA:
                     caller, to, target=binding.contact.uri)
             call.forks.append(b)
             self._register(b)
-            invite = self._build(b, "INVITE", req, body)
-            invite.headers.set("P-Asserted-Identity", str(Address(caller.uri, caller.name)))
-            b.invite = gw.send_request(b, invite, ("invite", b))
+            first = self._build(b, req.method, req, body)
+            first.headers.set("P-Asserted-Identity", str(Address(caller.uri, caller.name)))
+            b.invite = gw.send_request(b, first, ("invite", b))
 
     def _acceptable(self, req: Request, tx: ServerTransaction) -> bool:
         unsupported = [r for r in req.require if r not in SUPPORTED_REQUIRE]
@@ -257,7 +259,12 @@ class B2BUA:
                 self._cancel(other)
         a = call.a
         assert a is not None and isinstance(a.invite, ServerTransaction)
-        call.answered = a.confirmed = True
+        call.answered = True
+        if call.a_request.method != "INVITE":              # a MESSAGE: delivered, done
+            self.gw.respond(a.invite, self._mirror(a, b, call.a_request, resp))
+            self._end(call, "delivered", bye=False)
+            return
+        a.confirmed = True
         a.pending_ack[call.a_request.cseq.sequence] = (a.invite, b, seq)
         self.gw.respond(a.invite, self._mirror(a, b, call.a_request, resp))
         log.info("call %s: answered %d %s after %.0f ms", call.a_request.call_id, resp.code,
@@ -467,7 +474,8 @@ class B2BUA:
     def _cancel(self, leg: Leg) -> None:
         leg.done = True
         tx = leg.invite
-        if not isinstance(tx, ClientTransaction) or tx.state not in ("calling", "proceeding"):
+        if (not isinstance(tx, ClientTransaction) or tx.method != "INVITE"
+                or tx.state not in ("calling", "proceeding")):
             return
         invite = tx.request
         cancel = Request("CANCEL", invite.uri)

@@ -236,13 +236,13 @@ class Gateway:
             self._register(req, tx, dest)
         elif req.method == "OPTIONS":
             self.respond(tx, self._options(req))
-        elif req.method == "INVITE":
+        elif req.method in ("INVITE", "MESSAGE"):
             self.b2bua.outgoing(req, tx)
         else:
             self._unsupported(req, tx)
 
     def _from_link(self, req: Request, tx: ServerTransaction, link: Link) -> None:
-        if req.method == "INVITE":
+        if req.method in ("INVITE", "MESSAGE"):
             self.b2bua.incoming(req, tx, link)
         elif req.method == "OPTIONS":
             self.respond(tx, self._options(req))
@@ -253,7 +253,7 @@ class Gateway:
         if req.method in NOT_ALLOWED:
             resp = message.response(req, 405)
             resp.headers.set("Allow", ALLOW)
-        elif req.method in ("BYE", "UPDATE", "INFO", "ACK", "MESSAGE", "REGISTER"):
+        elif req.method in ("BYE", "UPDATE", "INFO", "ACK", "REGISTER"):
             resp = message.response(req, 481 if req.method != "REGISTER" else 403,
                                     "Not here" if req.method == "REGISTER" else "")
         else:
@@ -417,6 +417,7 @@ class Gateway:
             log.info("malformed SIP over TCP from %s: %s (connection closed)", peer, exc)
         finally:
             self._tcp_writers.discard(writer)
+            self.registrar.forget(lambda b: b.dest is dest)
             writer.close()
 
     async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | None:

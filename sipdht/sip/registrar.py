@@ -7,6 +7,7 @@ the same way (a TCP connection, or the UDP source when the Contact is not an IP 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,11 @@ class Registrar:
             self._bindings[key] = Binding(aor, contact, now + min(expires, MAX_EXPIRES), dest,
                                           request.call_id, request.cseq.sequence)
         return 200, "OK", [b for b in self.bindings(now) if b.aor == aor]
+
+    def forget(self, predicate: Callable[[Binding], bool]) -> None:
+        """Drop bindings that can no longer be reached (their TCP connection closed)."""
+        for key in [k for k, b in self._bindings.items() if predicate(b)]:
+            del self._bindings[key]
 
     def _remove(self, aor: str) -> None:
         for key in [k for k, b in self._bindings.items() if b.aor == aor]:

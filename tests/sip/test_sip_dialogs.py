@@ -313,3 +313,72 @@ def test_peer_cannot_claim_another_identity():
             await gw_b.stop()
 
     asyncio.run(main())
+
+
+def test_message_outside_a_dialog_reaches_every_phone_of_the_peer():
+    """Pager-mode MESSAGE while the peer is online: over the link, From asserted."""
+
+    async def main():
+        gw_a, gw_b = await gateways()
+        sender, phone = await SipClient.open(), await SipClient.open()
+        try:
+            await register(gw_b, "bob", phone.port)
+            sender.send(request("MESSAGE", f"sip:bob@127.0.0.1:{gw_a.port}", sender.port,
+                                call_id="im-1", body="hi bob").replace(
+                "Content-Type: application/sdp", "Content-Type: text/plain"), gw_a.port)
+            got = await phone.expect(lambda m: getattr(m, "method", "") == "MESSAGE")
+            assert got.body == b"hi bob" and got.headers["Content-Type"] == "text/plain"
+            assert got.from_address.uri.user == ALICE and got.from_address.name == "alice"
+            phone.send(message.serialize(message.response(got, 200, to_tag="x")), gw_b.port)
+            ok = await sender.expect(lambda m: getattr(m, "code", 0) >= 200)
+            assert ok.code == 200 and ok.call_id == "im-1"
+            await asyncio.sleep(0.1)
+            assert not gw_a.b2bua.calls and not gw_b.b2bua.calls
+            assert all(v == 0 for v in gw_a.pool.holds.values())
+        finally:
+            sender.close()
+            phone.close()
+            await gw_a.stop()
+            await gw_b.stop()
+
+    asyncio.run(main())
+
+
+async def read_sip(reader: asyncio.StreamReader):
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    return message.parse(head + await reader.readexactly(length), stream=True)
+
+
+def test_phone_registered_over_tcp_gets_calls_on_its_connection():
+    async def main():
+        gw_a, gw_b = await gateways()
+        caller = await SipClient.open()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw_b.port)
+            port = writer.get_extra_info("sockname")[1]
+            reg = request("REGISTER", f"sip:bob@127.0.0.1:{gw_b.port}", port, call_id="tcp-reg",
+                          extra="Expires: 300\r\n").replace("SIP/2.0/UDP", "SIP/2.0/TCP").replace(
+                f"127.0.0.1:{port}>", f"127.0.0.1:{port};transport=tcp>")
+            writer.write(reg.encode())
+            assert (await read_sip(reader)).code == 200
+            caller.send(request("INVITE", f"sip:bob@127.0.0.1:{gw_a.port}", caller.port,
+                                call_id="tcp-call", body=offer(4000)), gw_a.port)
+            inv = await read_sip(reader)
+            assert inv.method == "INVITE" and inv.via[0].transport == "TCP"
+            assert "transport=tcp" in inv.headers["Contact"]
+            writer.write(message.serialize(message.response(inv, 486, to_tag="busy")))
+            final = await caller.expect(lambda m: getattr(m, "code", 0) >= 200)
+            assert final.code == 486
+            writer.close()
+            for _ in range(20):
+                if not gw_b.registrar.bindings(gw_b.now()):
+                    break
+                await asyncio.sleep(0.05)
+            assert gw_b.registrar.bindings(gw_b.now()) == []       # connection gone: unreachable
+        finally:
+            caller.close()
+            await gw_a.stop()
+            await gw_b.stop()
+
+    asyncio.run(main())
