@@ -118,6 +118,24 @@ class Gateway:
         if self._udp is not None:
             self._udp.close()
 
+    def softphone_settings(self) -> str:
+        """What to type into a softphone, printed by `sipdht run` at start."""
+        proxy = f"{self.host}:{self.port}"
+        example = next(iter(self.contacts), self.account)
+        lines = [
+            f"account id: {self.account}",
+            "softphone settings:",
+            f"  SIP address / user:  sip:me@{self.domain}  (any user name; all registered "
+            "phones ring)",
+            f"  registrar and outbound proxy:  sip:{proxy}  (UDP or TCP)",
+            "  password:  " + ("[sip] password, for phones on other hosts"
+                               if self.config.username else "none"),
+            f"  call:  sip:<account id>@{self.domain} or an alias from [contacts], "
+            f"e.g. sip:{example}@{self.domain}",
+            f"  your callers dial:  sip:{self.account}@{self.domain}",
+        ]
+        return "\n".join(lines)
+
     # --- services for the B2BUA --------------------------------------------------------
 
     def now(self) -> float:
