@@ -1,10 +1,10 @@
 """End to end over protocol v1: SIPp UAC -> gateway A -> agent A's LinkPool -> DHT
 (real dhtnode) + ICE + sealed link -> agent B -> gateway B -> SIPp UAS, on loopback.
-Failure codes come from the real account type: unknown account 404, offline 480."""
+Failure codes come from the real account type: unknown account 404, offline 480, a callee
+whose deny list has the caller 603 (v1 does not reveal a deny list; 403 is for "unknown
+callers not accepted")."""
 
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 
@@ -26,7 +26,7 @@ SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\
 
 @pytest.fixture(scope="module")
 def idents():
-    return {who: identity.generate(2048) for who in ("alice", "bob", "carol")}
+    return {who: identity.generate(2048) for who in ("alice", "bob", "carol", "dora")}
 
 
 @pytest.fixture
@@ -59,7 +59,9 @@ async def test_sipp_calls_through_two_agents_and_failure_codes(dht, idents, tmp_
     bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
     alice = make_agent(dht, idents["alice"], serve=True, home=tmp_path)
     carol = make_agent(dht, idents["carol"], serve=True, home=tmp_path)
-    await started(bob, alice, carol)
+    dora = make_agent(dht, idents["dora"], serve=True, home=tmp_path,
+                      deny=[idents["alice"].account_id])
+    await started(bob, alice, carol, dora)
     await carol.stop()                          # publishes its "offline" record
     gw_a = await gateway(alice, {"bob": bob.account, "carol": carol.account})
     gw_b = await gateway(bob, {"alice": alice.account})
@@ -73,9 +75,11 @@ async def test_sipp_calls_through_two_agents_and_failure_codes(dht, idents, tmp_
         assert code == 404, phrase
         code, phrase = await final_for(gw_a, "carol")
         assert code == 480 and "offline" in phrase, phrase
+        code, phrase = await final_for(gw_a, dora.account)
+        assert code == 603 and "declined" in phrase, phrase   # a deny list is not revealed
     finally:
         await gw_a.stop()
         await gw_b.stop()
         await alice.stop()
         await bob.stop()
-        await asyncio.sleep(0)
+        await dora.stop()
