@@ -20,17 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 from sipmessage import URI, Address, Parameters, Request, Response
 
-from ..account import CallFailure, Link
+from ..account import FIRST_MEDIA_CHANNEL, CallFailure, Link
 from . import message, sdp
+from .dest import Dest, same_path
 from .media import Relay
 from .transaction import ClientTransaction, ServerTransaction
 
 if TYPE_CHECKING:
-    from .gateway import Dest, Gateway
+    from .gateway import Gateway
 
 log = logging.getLogger(__name__)
 
 LINK_MEDIA_HOST = "sipdht.invalid"      # c= on the link: ports there are channel numbers
+MAX_CALLS = 128                         # concurrent calls (a peer must not exhaust sockets)
+MAX_STREAMS = 8                         # m= lines per call that get a relay
 DIALOG_METHODS = ("INVITE", "UPDATE")   # requests that carry a Contact (target refresh)
 SUPPORTED_REQUIRE = {"timer"}
 NOT_COPIED = {
@@ -181,6 +184,9 @@ class B2BUA:
             b.invite = gw.send_request(b, first, ("invite", b))
 
     def _acceptable(self, req: Request, tx: ServerTransaction) -> bool:
+        if len(self.calls) >= MAX_CALLS:
+            self.gw.respond(tx, message.response(req, 503, "Too many calls in progress"))
+            return False
         unsupported = [r for r in req.require if r not in SUPPORTED_REQUIRE]
         if unsupported:
             resp = message.response(req, 420)
@@ -301,8 +307,15 @@ class B2BUA:
 
     # --- ACK, CANCEL, in-dialog requests --------------------------------------------------
 
-    def on_ack(self, req: Request) -> None:
+    def _leg_for(self, req: Request, dest: Dest) -> Leg | None:
+        """The dialog a request belongs to, if it came the way that dialog runs."""
         leg = self.legs.get((req.call_id, message.tag_of(req.to_address)))
+        if leg is None or not same_path(leg.dest, dest):
+            return None
+        return leg
+
+    def on_ack(self, req: Request, dest: Dest) -> None:
+        leg = self._leg_for(req, dest)
         if leg is None:
             return
         pending = leg.pending_ack.pop(req.cseq.sequence, None)
@@ -320,7 +333,8 @@ class B2BUA:
 
     def on_cancel(self, req: Request, tx: ServerTransaction) -> None:
         invite = self.gw.find_invite(req)
-        if invite is None or not isinstance(invite.context, Leg):
+        if (invite is None or not isinstance(invite.context, Leg)
+                or not same_path(invite.dest, tx.dest)):
             self.gw.respond(tx, message.response(req, 481))
             return
         self.gw.respond(tx, message.response(req, 200))
@@ -336,9 +350,9 @@ class B2BUA:
                 self._cancel(fork)
         self._end(call, "cancelled", bye=False)
 
-    def in_dialog(self, req: Request, tx: ServerTransaction) -> bool:
+    def in_dialog(self, req: Request, tx: ServerTransaction, dest: Dest) -> bool:
         """A request with a To tag; False when no dialog has it (the gateway says 481)."""
-        leg = self.legs.get((req.call_id, message.tag_of(req.to_address)))
+        leg = self._leg_for(req, dest)
         if leg is None or leg.call.ended and req.method != "BYE":
             return False
         call = leg.call
@@ -507,11 +521,15 @@ class B2BUA:
         if source is None or not sdp.is_sdp(ctype, body) or call.link is None:
             return body
         streams = sdp.streams(body)
+        if len(streams) > MAX_STREAMS:
+            raise sdp.BadSdp(f"more than {MAX_STREAMS} media streams")
         ports: list[int | None] = []
         for stream in streams:
             if stream.port == 0:
                 ports.append(None)
                 continue
+            if source.side == "link" and not FIRST_MEDIA_CHANNEL <= stream.port < 0xFFFF:
+                raise sdp.BadSdp(f"m= port {stream.port} is not a media channel")
             relay = call.relays.get(stream.index)
             if relay is None:
                 try:

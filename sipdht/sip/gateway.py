@@ -16,7 +16,6 @@ import hashlib
 import ipaddress
 import logging
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from sipmessage import URI, Address, AuthChallenge, AuthParameters, Parameters, Request, Response
@@ -25,6 +24,7 @@ from ..account import CHANNEL_SIP, Link, LinkClosed
 from ..config import SipConfig
 from . import message
 from .b2bua import B2BUA, Leg
+from .dest import Dest, same_path
 from .media import Relay
 from .registrar import MIN_EXPIRES, Registrar
 from .transaction import ServerTransaction, TransactionLayer
@@ -36,18 +36,6 @@ NOT_ALLOWED = {"SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "PRACK"}
 LINK_HOST_SUFFIX = ".dht.invalid"
 MAX_TCP_CONNECTIONS = 64
 REALM = "sipdht"
-
-
-@dataclass(frozen=True, eq=False)
-class Dest:
-    """Where a message goes: a UDP address, a TCP connection, or a peer link."""
-    kind: str                                  # "udp", "tcp" or "link"
-    addr: tuple[str, int] = ("", 0)
-    conn: Any = None                           # StreamWriter (tcp) or Link (link)
-
-    @property
-    def reliable(self) -> bool:
-        return self.kind == "tcp"
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -220,6 +208,9 @@ class Gateway:
                 self._send(dest, answer)
             return
         if isinstance(msg, Response):
+            if not self._expected_from(msg, dest):
+                self.stats["response_wrong_path"] += 1
+                return
             tx = self.layer.receive_response(msg, self.now())
             if tx is not None:
                 self.b2bua.on_response(tx, msg)
@@ -234,18 +225,24 @@ class Gateway:
             return
         kind, tx = self.layer.receive_request(req, dest, dest.reliable, self.now())
         if kind == "ack":
-            self.b2bua.on_ack(req)
+            self.b2bua.on_ack(req, dest)
         if kind != "new" or tx is None:
             return
         if req.method == "CANCEL":
             self.b2bua.on_cancel(req, tx)
         elif message.tag_of(req.to_address):
-            if not self.b2bua.in_dialog(req, tx):
+            if not self.b2bua.in_dialog(req, tx, dest):
                 self.respond(tx, message.response(req, 481))
         elif dest.kind == "link":
             self._from_link(req, tx, dest.conn)
         else:
             self._from_phone(req, tx, dest)
+
+    def _expected_from(self, resp: Response, dest: Dest) -> bool:
+        """A response for a request we sent over a link must come back over that link (a
+        peer must not answer for another peer, nor a local process for a peer)."""
+        tx = self.layer.find_client(message.branch(resp), resp.cseq.method)
+        return tx is None or same_path(tx.dest, dest)
 
     def _from_phone(self, req: Request, tx: ServerTransaction, dest: Dest) -> None:
         if req.method in ("REGISTER", "INVITE") and not self._authorized(req, tx, dest):

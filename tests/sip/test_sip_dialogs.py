@@ -382,3 +382,60 @@ def test_phone_registered_over_tcp_gets_calls_on_its_connection():
             await gw_b.stop()
 
     asyncio.run(main())
+
+
+def test_a_peer_cannot_end_or_answer_another_peers_dialog():
+    """A third account that learnt a dialog's identifiers sends BYE over its own link: 481,
+    and the call between alice and bob goes on."""
+
+    async def main():
+        network: dict = {}
+        gw_a = await start_gateway(MemPool(ALICE, network), ALICE, {"bob": BOB})
+        gw_b = await start_gateway(MemPool(BOB, network), BOB, {"alice": ALICE})
+        carrier_pool = MemPool(CARRIER, network)
+        call = Call()
+        try:
+            await (await call.setup(gw_a, gw_b)).answer()
+            [bob_call] = gw_b.b2bua.calls
+            a_leg = bob_call.a
+            link = await carrier_pool.get(BOB)
+            bye = (f"BYE sip:{BOB}@dht SIP/2.0\r\nVia: SIP/2.0/UDP x.invalid;branch=z9hG4bKevil\r\n"
+                   f"Max-Forwards: 70\r\nFrom: <sip:{ALICE}@dht>;tag={a_leg.remote_tag}\r\n"
+                   f"To: <sip:{BOB}@dht>;tag={a_leg.local_tag}\r\nCall-ID: {a_leg.call_id}\r\n"
+                   f"CSeq: 99 BYE\r\nContent-Length: 0\r\n\r\n")
+            await link.send(CHANNEL_SIP, bye.encode())
+            answer = message.parse(await link.recv(CHANNEL_SIP, timeout=2))
+            assert answer.code == 481
+            await asyncio.sleep(0.2)
+            assert gw_b.b2bua.calls == {bob_call} and call.b.queue.empty()
+        finally:
+            call.close()
+            await gw_a.stop()
+            await gw_b.stop()
+
+    asyncio.run(main())
+
+
+def test_peer_sdp_pointing_at_a_non_media_channel_is_refused():
+    async def main():
+        gw_a, gw_b = await gateways()
+        phone = await SipClient.open()
+        try:
+            await register(gw_b, "bob", phone.port)
+            link = await gw_a.pool.get(BOB)
+            body = offer(1)                                  # channel 1 is the SIP channel
+            invite = (f"INVITE sip:{BOB}@dht SIP/2.0\r\nVia: SIP/2.0/UDP x.invalid;branch=z9hG4bKch1\r\n"
+                      f"Max-Forwards: 70\r\nFrom: <sip:{ALICE}@dht>;tag=a\r\nTo: <sip:{BOB}@dht>\r\n"
+                      f"Call-ID: ch1\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n{body}")
+            await link.send(CHANNEL_SIP, invite.encode())
+            codes = [message.parse(await link.recv(CHANNEL_SIP, timeout=2)).code for _ in range(2)]
+            assert codes == [100, 488]
+            await asyncio.sleep(0.1)
+            assert phone.queue.empty() and not gw_b.b2bua.calls
+        finally:
+            phone.close()
+            await gw_a.stop()
+            await gw_b.stop()
+
+    asyncio.run(main())
