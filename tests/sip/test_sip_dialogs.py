@@ -439,3 +439,45 @@ def test_peer_sdp_pointing_at_a_non_media_channel_is_refused():
             await gw_b.stop()
 
     asyncio.run(main())
+
+
+def test_early_media_update_and_dtmf_events():
+    """183 with SDP: media flows before the answer; UPDATE in the early/confirmed dialog is
+    forwarded; RFC 4733 telephone-event packets (PT 101) are relayed like any RTP."""
+
+    async def main():
+        gw_a, gw_b = await gateways()
+        call = Call()
+        try:
+            await call.setup(gw_a, gw_b)
+            inv = call.invite_b
+            call.b.send(answer_for(inv, 183, "btag", call.b.port, offer(call.b_port)), gw_b.port)
+            early = await call.a.expect(lambda m: getattr(m, "code", 0) == 183)
+            [stream] = sdp.streams(early.body)
+            relay_a = stream.port
+            call.rtp_b.setblocking(False)
+            call.rtp_a.setblocking(False)
+            tone = bytes([0x80, 0x00, 0, 1]) + b"t" * 160
+            relay_b = sdp.streams(inv.body)[0].port
+            call.rtp_b.sendto(tone, ("127.0.0.1", relay_b))          # ringback from the callee
+            assert await recv_udp(call.rtp_a) == tone
+            await call.answer()
+            dtmf = bytes([0x80, 101, 0, 2]) + b"\x00" * 8 + bytes([5, 0x0a, 0, 160])
+            call.rtp_a.sendto(dtmf, ("127.0.0.1", relay_a))
+            assert await recv_udp(call.rtp_b) == dtmf
+            call.a.send(in_dialog("UPDATE", None, call.a.port, gw_a.port, 2,
+                                  remote_tag=call.a_remote_tag, local_tag="fcall-1",
+                                  call_id="call-1", target=str(call.ok_a.contact[0].uri),
+                                  body=offer(call.a_port, "sendonly")), gw_a.port)
+            update = await call.b.expect(lambda m: getattr(m, "method", "") == "UPDATE")
+            assert b"a=sendonly" in update.body and sdp.streams(update.body)[0].port == relay_b
+            call.b.send(answer_for(update, 200, "btag", call.b.port,
+                                   offer(call.b_port, "recvonly")), gw_b.port)
+            ok = await call.a.expect(lambda m: getattr(m, "code", 0) == 200 and m.cseq.method == "UPDATE")
+            assert b"a=recvonly" in ok.body and sdp.streams(ok.body)[0].port == relay_a
+        finally:
+            call.close()
+            await gw_a.stop()
+            await gw_b.stop()
+
+    asyncio.run(main())
