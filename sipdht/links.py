@@ -9,6 +9,7 @@ or incoming, is announced to subscribers (the SIP gateway reads its SIP channel)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -18,6 +19,8 @@ from .account import AccountType, CallFailure, IncomingLink, Link, UnknownAccoun
 from .tasks import Supervisor
 
 log = logging.getLogger(__name__)
+
+IDLE_CHECK_MIN = 1.0         # seconds between two idle checks, at least
 
 Subscriber = Callable[[Link, IncomingLink | None], None]
 
@@ -38,7 +41,7 @@ class LinkPool:
 
     async def start(self) -> None:
         for acct in self.accounts:
-            self.tasks.forever(f"incoming {acct.name}", lambda a=acct: self._take_incoming(a))
+            self.tasks.forever(f"incoming {acct.name}", functools.partial(self._take_incoming, acct))
         if self.idle_timeout > 0:
             self.tasks.forever("idle links", self._idle_loop)
 
@@ -99,7 +102,7 @@ class LinkPool:
 
     async def _idle_loop(self) -> None:
         while True:
-            await asyncio.sleep(max(1.0, min(30.0, self.idle_timeout / 4)))
+            await asyncio.sleep(max(IDLE_CHECK_MIN, min(30.0, self.idle_timeout / 4)))
             now = time.monotonic()
             for link in self.all():
                 quiet = now - getattr(link, "last_used", now)

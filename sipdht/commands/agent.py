@@ -23,7 +23,7 @@ from ..cli import (
     until_stopped,
 )
 from ..config import Config
-from ..v1.link import CHANNEL_ECHO
+from ..v1.link import CHANNEL_ECHO, PeerLink
 from .dht import client_node_config, client_options, log_stats, node_config
 
 log = logging.getLogger("sipdht.agent")
@@ -142,6 +142,9 @@ def cmd_ping(args: argparse.Namespace, config: Config) -> int:
         agent = await _client_agent(args, config)
         try:
             link = await agent.connect(account, max(1.0, args.timeout - (time.monotonic() - start)))
+            if not isinstance(link, PeerLink):
+                raise OperationFailed(f"ping is a protocol v1 diagnostic; {account} was reached "
+                                      "by another account type")
             bd = link.setup
             try:
                 for i in range(max(1, args.count)):

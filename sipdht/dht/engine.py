@@ -242,12 +242,15 @@ class DhtEngine:
     def good_nodes(self, now: float) -> list[Node]:
         return [n for t in self.tables.values() for n in t.nodes() if n.is_good(now)]
 
-    def get(self, key: InfoHash, now: float, query: Query | None = None) -> int:
+    def get(self, key: InfoHash, now: float, query: Query | None = None,
+            local: bool = True) -> int:
+        """Values at `key`; `local=False` asks only the network (a publisher reading back
+        what the storers really kept)."""
         self.now = now
         op = GetOp(next(self._op_ids), key, query, now)
         self.ops[op.id] = op
-        local = self.storage.get(key, query, now)
-        self._deliver_get(op, local)
+        if local:
+            self._deliver_get(op, self.storage.get(key, query, now))
         self._attach(op, key, "gets", now)
         return op.id
 

@@ -287,11 +287,11 @@ class DhtNode:
         """Every value found at the key's closest nodes (and stored locally)."""
         return [value async for value in self.get_iter(key, query)]
 
-    async def get_iter(self, key: InfoHash, query: Query | None = None
+    async def get_iter(self, key: InfoHash, query: Query | None = None, local: bool = True
                        ) -> AsyncIterator[Value]:
         """Values as they arrive. A caller that has what it needs may stop early; the
-        search then finishes in the background."""
-        op = self.engine.get(key, self._now(), query)
+        search then finishes in the background. `local=False`: from other nodes only."""
+        op = self.engine.get(key, self._now(), query, local)
         queue = self._streams[op] = asyncio.Queue()
         self._after()
         try:

@@ -115,10 +115,10 @@ class SecureDht:
         """Verified values at key; with `owner`, only those signed by that account."""
         return [sv async for sv in self.get_iter(key, owner)]
 
-    async def get_iter(self, key: InfoHash, owner: str | None = None
+    async def get_iter(self, key: InfoHash, owner: str | None = None, local: bool = True
                        ) -> AsyncIterator[SecureValue]:
         """Verified values as they arrive (see DhtNode.get_iter)."""
-        async for value in self.node.get_iter(key):
+        async for value in self.node.get_iter(key, local=local):
             checked = self._accept(value, owner)
             if checked is not None:
                 yield checked

@@ -9,11 +9,11 @@ own task, and concurrent incoming set-ups are capped, so strangers cannot stop c
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -29,30 +29,22 @@ from ..account import (
 )
 from ..config import Config, PolicyConfig
 from ..dht.secure import SecureDht, SecureValue
+from ..dht.values import Value
 from ..tasks import Supervisor
 from .ice import IceConfig, IceSession
-from .link import PeerLink
+from .link import Breakdown, PeerLink
 from .locator import Locator, Resolution
 from .sealing import EphemeralKey, LinkCrypto, derive_keys
-from .signaling import IncomingCall, RefusedOffer, Signaling
+from .signaling import IncomingCall, RefusedOffer, Signaling, inbox_key
 
 log = logging.getLogger(__name__)
 
 NAME = "sipdht/1"
 MAX_SETUPS = 8              # incoming link set-ups (ICE sessions) at a time
+MAX_INBOX_QUEUE = 256       # inbox values waiting for their (RSA) decryption
+MAX_DIGESTS = 4096          # ciphertexts already seen (decrypted at most once)
 MAX_WAITING = 32            # accepted links nobody has taken yet
 LOG_EVERY = 10.0            # seconds between two log lines about bad inbox values
-
-
-@dataclass
-class Breakdown:
-    """Where the time of one link setup went (milliseconds)."""
-    lookup_ms: float = 0.0
-    gather_ms: float = 0.0
-    signalling_ms: float = 0.0
-    ice_ms: float = 0.0
-    rtt_ms: list[float] = field(default_factory=list)
-    path: str = ""
 
 
 def ice_config(config: Config) -> IceConfig:
@@ -77,6 +69,8 @@ class V1Account:
         self._incoming: asyncio.Queue[IncomingLink] = asyncio.Queue(MAX_WAITING)
         self._setups: set[int] = set()
         self._last_log = 0.0
+        self._work: asyncio.Queue[Value] = asyncio.Queue(MAX_INBOX_QUEUE)
+        self._digests: OrderedDict[bytes, None] = OrderedDict()
 
     @property
     def account(self) -> str:
@@ -84,6 +78,7 @@ class V1Account:
 
     async def start(self) -> None:
         self.tasks.forever("v1 inbox", self._inbox_loop)
+        self.tasks.forever("v1 inbox worker", self._inbox_worker)
         if self.serve:
             self.locator.start()
 
@@ -128,7 +123,7 @@ class V1Account:
             if not ok:
                 await ice.close()
         bd.path = link.path
-        link.setup = bd                 # type: ignore[attr-defined]  (shown by `sipdht ping`)
+        link.setup = bd                 # shown by `sipdht ping`
         return link
 
     async def _call(self, account, key, params, mine, uri, deadline, device):
@@ -143,14 +138,46 @@ class V1Account:
 
     # --- incoming ---------------------------------------------------------------------------
 
-    async def incoming(self) -> AsyncIterator[IncomingLink]:   # type: ignore[override]
+    async def incoming(self) -> AsyncIterator[IncomingLink]:
         while True:
             yield await self._incoming.get()
 
     async def _inbox_loop(self) -> None:
-        async for kind, sv in self.locator.inbox():
-            if kind == "add":
+        """Raw inbox values into a bounded queue: each ciphertext is decrypted at most once,
+        and a flood costs a bounded queue, not an unbounded backlog of RSA work."""
+        listen = self.secure.node.listen(inbox_key(self.account))
+        try:
+            async for kind, value in listen:
+                if kind == "add" and self._first_time(value):
+                    try:
+                        self._work.put_nowait(value)
+                    except asyncio.QueueFull:
+                        self.stats["inbox_overflow"] += 1
+        finally:
+            listen.cancel()
+
+    def _first_time(self, value: Value) -> bool:
+        digest = hashlib.sha256(value.cypher or value.signature or value.data).digest()
+        if digest in self._digests:
+            self.stats["inbox_duplicate"] += 1
+            return False
+        self._digests[digest] = None
+        while len(self._digests) > MAX_DIGESTS:
+            self._digests.popitem(last=False)
+        return True
+
+    async def _inbox_worker(self) -> None:
+        while True:
+            value = await self._work.get()
+            try:
+                sv = self.secure.check(value)
+            except Exception as exc:    # a value that breaks verification is one bad value
+                self.stats["inbox_value_failed"] += 1
+                self._log_rate_limited("inbox value could not be checked: %r", exc)
+                continue
+            if sv is not None:
                 await self._inbox_value(sv)
+            await asyncio.sleep(0)      # let calls and media run between two decryptions
 
     async def _inbox_value(self, sv: SecureValue) -> None:
         try:

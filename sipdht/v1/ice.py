@@ -172,7 +172,7 @@ class IceSession:
         """Send without a task when the selected pair is a plain UDP socket (media relay)."""
         pair = self.conn._nominated.get(1)
         proto = getattr(pair, "protocol", None)
-        if type(proto) is aioice.ice.StunProtocol and proto.transport is not None:
+        if pair is not None and type(proto) is aioice.ice.StunProtocol and proto.transport is not None:
             proto.transport.sendto(datagram, pair.remote_addr)
             return True
         return False

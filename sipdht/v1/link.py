@@ -14,6 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..account import CHANNEL_CONTROL, CHANNEL_SIP, FIRST_MEDIA_CHANNEL, LinkClosed
 from .framing import FrameError, Reassembler, split
@@ -29,6 +30,17 @@ CONSENT_TIMEOUT = 20.0
 MAX_QUEUED = 256
 
 
+@dataclass
+class Breakdown:
+    """Where the time of one link setup went (milliseconds), for `sipdht ping`."""
+    lookup_ms: float = 0.0
+    gather_ms: float = 0.0
+    signalling_ms: float = 0.0
+    ice_ms: float = 0.0
+    rtt_ms: list[float] = field(default_factory=list)
+    path: str = ""
+
+
 class PeerLink:
     """Sealed channels over a connected IceSession (implements sipdht.account.Link)."""
 
@@ -39,6 +51,7 @@ class PeerLink:
         self.stats: Counter[str] = Counter()
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.last_used = time.monotonic()
+        self.setup = Breakdown()
         self._frames = Reassembler()
         self._queues: dict[int, asyncio.Queue[bytes]] = {CHANNEL_SIP: asyncio.Queue(MAX_QUEUED)}
         self._handlers: dict[int, Callable[[bytes], None]] = {}
@@ -98,7 +111,8 @@ class PeerLink:
 
     async def recv(self, channel: int, timeout: float | None = None) -> bytes:
         getter = asyncio.ensure_future(self._queue(channel).get())
-        done, _ = await asyncio.wait({getter, self.closed}, timeout=timeout,
+        waiting: set[asyncio.Future[bytes] | asyncio.Future[str]] = {getter, self.closed}
+        done, _ = await asyncio.wait(waiting, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if getter in done:
             self.last_used = time.monotonic()
@@ -146,6 +160,7 @@ class PeerLink:
     async def _deliver(self, channel: int, message: bytes) -> None:
         if channel == CHANNEL_CONTROL:
             return await self._control(message)
+        self.last_used = self._last_rx
         handler = self._handlers.get(channel)
         if handler is not None:
             try:

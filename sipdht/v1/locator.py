@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..dht.crypto import load_public_key
 from ..dht.infohash import InfoHash
-from ..dht.secure import SecureDht, SecureListen
+from ..dht.secure import SecureDht
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class Locator:
         """Publish, read the record back, and once more under a fresh value id when it is
         not there (someone holds our id with a value we cannot replace)."""
         stored = await self.publish()
-        if stored and not await self._visible():
+        if not await self._visible():   # storers may ack (dhtnode does) yet keep the squatter
             self.stats["record_squatted"] += 1
             log.warning("contact record not found after publishing it (value id taken?): "
                         "publishing under a new id")
@@ -155,7 +155,7 @@ class Locator:
         return stored
 
     async def _visible(self) -> bool:
-        found = await self.resolve(self.account)
+        found = await self.resolve(self.account, local=False)
         return any(d.id == self.device_id and d.online for d in found.devices)
 
     def start(self) -> None:
@@ -186,12 +186,13 @@ class Locator:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.publish(online=False), timeout)
 
-    async def resolve(self, account: str, first_online: bool = False) -> Resolution:
+    async def resolve(self, account: str, first_online: bool = False,
+                      local: bool = True) -> Resolution:
         """The account's devices from records it signed. With `first_online`, return as soon
         as one fresh online record is in (a caller needs one device, not the full list)."""
         result = Resolution(account)
         newest: dict[str, Device] = {}
-        async for sv in self.secure.get_iter(contact_key(account), owner=account):
+        async for sv in self.secure.get_iter(contact_key(account), owner=account, local=local):
             device = decode_record(sv.value.data)
             if device is None or sv.value.utype != CONTACT_UTYPE:
                 self.secure.stats["bad_contact_record"] += 1
@@ -200,12 +201,8 @@ class Locator:
                 continue            # an older record of the same device (an earlier run)
             newest[device.id] = device
             result.devices = list(newest.values())
-            result.public_key = load_public_key(bytes(sv.value.owner))
+            result.public_key = load_public_key(bytes(sv.value.owner or b""))
             if first_online and result.online:
                 break
         result.devices.sort(key=lambda d: d.published, reverse=True)
         return result
-
-    def inbox(self) -> SecureListen:
-        from .signaling import inbox_key
-        return self.secure.listen(inbox_key(self.account))

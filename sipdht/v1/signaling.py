@@ -238,7 +238,7 @@ class Signaling:
             log.debug("ignoring malformed signal from %s: %s", sv.signer, exc)
             return None
         if isinstance(msg, Offer):
-            return self._offer(msg, sv)
+            return self._offer(msg, sv.signer, bytes(sv.value.owner or b""))
         self._reply(msg, sv.signer)
         return None
 
@@ -256,19 +256,19 @@ class Signaling:
         else:
             fut.set_result(msg)
 
-    def _offer(self, offer: Offer, sv: SecureValue) -> IncomingCall | RefusedOffer | None:
+    def _offer(self, offer: Offer, signer: str, owner: bytes) -> IncomingCall | RefusedOffer | None:
         if offer.ts < self.not_before:
             self.stats["ignored_before_start"] += 1
             return None
         if offer.device and offer.device != self.device:
             self.stats["ignored_other_device"] += 1      # another device of ours answers
             return None
-        refused = self.refusal(offer, sv.signer)
+        refused = self.refusal(offer, signer)
         if refused is not None:
             self.stats[f"refused_{refused.counter}"] += 1
-            return RefusedOffer(sv.signer, offer, refused, bytes(sv.value.owner))
+            return RefusedOffer(signer, offer, refused, owner)
         self._remember(offer.id)
-        return IncomingCall(offer, load_public_key(bytes(sv.value.owner)))
+        return IncomingCall(offer, load_public_key(owner))
 
     def refusal(self, offer: Offer, signer: str) -> Refusal | None:
         """Why an offer must be refused, else None. Order: identity, freshness, replay,
