@@ -100,8 +100,14 @@ def _check(message: Message) -> None:
     try:
         cseq = message.cseq
         vias = message.via
-        _ = (message.from_address, message.to_address)
+        _ = (message.from_address, message.to_address, message.expires)
         mf = message.max_forwards
+        contacts = [v.strip() for v in message.headers.getlist("Contact")]
+        if contacts == ["*"]:
+            if not isinstance(message, Request) or message.method != "REGISTER":
+                raise BadMessage("Contact * outside REGISTER")
+        elif contacts:
+            _ = message.contact
     except ValueError as exc:
         raise BadMessage(f"Malformed header ({exc})") from None
     if not vias:
