@@ -109,6 +109,9 @@ class B2BUA:
             gw.respond(tx, message.response(
                 req, 404, f"Unknown account or alias '{req.uri.user or ''}'"))
             return
+        if account == gw.account:
+            gw.respond(tx, message.response(req, 482, "That is this agent's own account"))
+            return
         if not self._acceptable(req, tx):
             return
         call = Call(req)
@@ -421,7 +424,8 @@ class B2BUA:
         if call.ended:
             return
         call.ended = True
-        if call.task is not None and not call.task.done():
+        if (call.task is not None and not call.task.done()
+                and call.task is not asyncio.current_task()):
             call.task.cancel()
         for leg in call.legs():
             if leg is skip or leg.done:

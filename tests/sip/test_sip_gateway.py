@@ -102,16 +102,18 @@ def test_malformed_gets_400_or_is_dropped_and_gateway_keeps_working(name):
 
 @pytest.mark.parametrize("method, extra, code", [
     ("SUBSCRIBE", "", 405), ("FOO", "", 501), ("BYE", "", 481), ("INFO", "", 481),
-    ("INVITE", "Require: 100rel\r\n", 420), ("INVITE", "", 404),
+    ("INVITE", "Require: 100rel\r\n", 420), ("INVITE", "", 404), ("INVITE", "own", 482),
 ])
 def test_unsupported_and_unknown(method, extra, code):
     async def main():
         gw = await _gateway()
         phone = await SipClient.open()
         try:
-            uri = f"sip:nobody@127.0.0.1:{gw.port}" if method == "INVITE" and not extra else \
-                f"sip:{'b' * 40}@127.0.0.1:{gw.port}"
-            phone.send(request(method, uri, phone.port, extra=extra), gw.port)
+            headers = "" if extra == "own" else extra
+            user = {"own": ALICE, "": "nobody"}.get(extra, "b" * 40) if method == "INVITE" \
+                else "b" * 40
+            uri = f"sip:{user}@127.0.0.1:{gw.port}"
+            phone.send(request(method, uri, phone.port, extra=headers), gw.port)
             resp = await phone.expect(lambda m: m.code >= 200)
             assert resp.code == code
             if code == 405:
