@@ -545,7 +545,7 @@ class B2BUA:
                 ports.append(relay.channel)
             else:
                 relay.peer_channel = stream.port
-                relay.rtcp_mux = stream.rtcp_mux and relay.rtcp_mux
+                relay.peer_mux = stream.rtcp_mux
                 ports.append(relay.port)
         host = LINK_MEDIA_HOST if source.side == "local" else self.gw.media_host
         return sdp.rewrite(body, host, ports)

@@ -61,7 +61,8 @@ class Relay:
         self.peer_channel: int | None = None
         self.phone: tuple[str, int] | None = None
         self.phone_rtcp: tuple[str, int] | None = None
-        self.rtcp_mux = False
+        self.phone_mux = False                  # the softphone's SDP has a=rtcp-mux
+        self.peer_mux: bool | None = None       # the peer's SDP has it (None: not seen yet)
         self.sent = self.received = self.dropped = 0
         self._loop = asyncio.get_running_loop()
         # PeerLink.send_nowait sends from this callback without a task per packet
@@ -75,8 +76,14 @@ class Relay:
         """Where the softphone said (in its SDP) it receives this stream."""
         if port:
             self.phone = (address, port)
-            self.phone_rtcp = (address, port if mux else rtcp_port)
-            self.rtcp_mux = mux
+            self.phone_rtcp = (address, rtcp_port)
+            self.phone_mux = mux
+
+    @property
+    def rtcp_mux(self) -> bool:
+        """RFC 5761: RTCP shares the RTP port only when both SDPs say so (before the peer's
+        answer, as the softphone offered)."""
+        return self.phone_mux and self.peer_mux is not False
 
     def _readable(self, sock: socket.socket) -> None:
         for _ in range(64):                       # bounded: let other callbacks run
