@@ -90,8 +90,9 @@ def streams(body: bytes) -> list[Stream]:
 
 
 def rewrite(body: bytes, address: str, ports: list[int | None]) -> bytes:
-    """Point every stream at `address`:`ports[i]` (None or a 0 port: left as is), drop ICE
-    attributes and a=rtcp (the relay's RTCP port is the RTP port + 1, the default)."""
+    """Point every stream at `address`:`ports[i]` (None or a 0 port: left as is), put it in
+    o= too (a softphone's LAN address is not the peer's business), drop ICE attributes and
+    a=rtcp (the relay's RTCP port is the RTP port + 1, the default)."""
     out: list[str] = []
     index = -1
     family = "IP6" if ":" in address else "IP4"
@@ -106,6 +107,11 @@ def rewrite(body: bytes, address: str, ports: list[int | None]) -> bytes:
         elif line.startswith("c="):
             _c_address(line)
             line = f"c=IN {family} {address}"
+        elif line.startswith("o="):
+            parts = line[2:].split(" ")
+            if len(parts) == 6:                 # the address only; ids and version stay
+                parts[4:6] = [family, address]
+                line = "o=" + " ".join(parts)
         elif _attribute(line) in ICE_ATTRIBUTES or _attribute(line) == "rtcp":
             continue
         out.append(line)
