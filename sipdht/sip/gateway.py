@@ -38,6 +38,10 @@ MAX_TCP_CONNECTIONS = 64
 REALM = "sipdht"
 
 
+class GatewayError(Exception):
+    """The gateway cannot start; the message is for the user."""
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -80,13 +84,20 @@ class Gateway:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen on UDP and TCP; GatewayError (naming [sip] listen) when that is impossible."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self.host, self.port))
-        self._udp = transport  # type: ignore[assignment]
-        self.port = transport.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port,
-                                               limit=message.MAX_SIZE + 1)
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(self.host, self.port))
+            self._udp = transport  # type: ignore[assignment]
+            self.port = transport.get_extra_info("sockname")[1]
+            self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port,
+                                                   limit=message.MAX_SIZE + 1)
+        except OSError as exc:
+            if self._udp is not None:
+                self._udp.close()
+            raise GatewayError(f"cannot listen for SIP on {self.host}:{self.port} "
+                               f"([sip] listen): {exc.strerror or exc}") from None
         self.pool.subscribe(self._on_link)
         log.info("SIP gateway on %s:%d (UDP and TCP) for sip:%s@%s", self.host, self.port,
                  self.account, self.domain)

@@ -161,3 +161,18 @@ def test_tcp_register_and_options():
             await gw.stop()
 
     asyncio.run(main())
+
+
+def test_port_in_use_is_a_clear_error():
+    async def main():
+        gw = await _gateway()
+        try:
+            from sipdht.config import SipConfig
+            from sipdht.sip.gateway import Gateway, GatewayError
+            other = Gateway(SipConfig(listen=("127.0.0.1", gw.port)), {}, gw.pool, ALICE, "dht")
+            with pytest.raises(GatewayError, match=r"\[sip\] listen"):
+                await other.start()
+        finally:
+            await gw.stop()
+
+    asyncio.run(main())
