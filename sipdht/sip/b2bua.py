@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 LINK_MEDIA_HOST = "sipdht.invalid"      # c= on the link: ports there are channel numbers
 MAX_CALLS = 128                         # concurrent calls (a peer must not exhaust sockets)
 MAX_STREAMS = 8                         # m= lines per call that get a relay
+SILENT_FORK_GRACE = 2.0                 # s: a registered phone that never answered is gone
 DIALOG_METHODS = ("INVITE", "UPDATE")   # requests that carry a Contact (target refresh)
 SUPPORTED_REQUIRE = {"timer"}
 NOT_COPIED = {
@@ -287,7 +288,25 @@ class B2BUA:
         if call.answered or call.ended or any(not f.done for f in call.forks):
             if not call.ended and all(f.done for f in call.forks) and call.winner is None:
                 self._end(call, "all forks failed")
+            elif not call.answered and all(_silent(f) for f in call.forks if not f.done):
+                # the phones still pending never even said 100: a stale registration must
+                # not hold a busy or decline from a live phone for Timer B (32 s)
+                asyncio.get_running_loop().call_later(SILENT_FORK_GRACE, self._drop_silent,
+                                                      call)
             return
+        self._answer_failure(call, b)
+
+    def _drop_silent(self, call: Call) -> None:
+        if call.answered or call.ended or call.winner is not None:
+            return
+        for fork in call.forks:
+            if not fork.done and _silent(fork):
+                fork.done = True                  # its Timer B still ends its transaction
+        if all(f.done for f in call.forks):
+            self._answer_failure(call, call.forks[-1])
+            self.gw.flush()
+
+    def _answer_failure(self, call: Call, b: Leg) -> None:
         best = _best_final(call.finals)
         a = call.a
         assert a is not None
@@ -567,6 +586,12 @@ def _copy_headers(src: Request | Response, dst: Request | Response) -> None:
     require = [r for r in src.require if r in SUPPORTED_REQUIRE]
     if require:
         dst.headers.set("Require", ", ".join(require))
+
+
+def _silent(leg: Leg) -> bool:
+    """Nothing at all came back for this leg's INVITE (not even 100 Trying)."""
+    tx = leg.invite
+    return isinstance(tx, ClientTransaction) and tx.state == "calling"
 
 
 def _best_final(finals: list[Response]) -> Response:

@@ -1,8 +1,9 @@
 """End to end over protocol v1: SIPp UAC -> gateway A -> agent A's LinkPool -> DHT
 (real dhtnode) + ICE + sealed link -> agent B -> gateway B -> SIPp UAS, on loopback.
 Failure codes come from the real account type: unknown account 404, offline 480, a callee
-whose deny list has the caller 603 (v1 does not reveal a deny list; 403 is for "unknown
-callers not accepted")."""
+whose deny list has the caller 603 (v1 does not reveal a deny list), a callee that rejects
+unknown callers 403. Then the SIPp scenarios (CANCEL, 486, BYE from the callee, hold/resume)
+over the same real link."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\
 
 @pytest.fixture(scope="module")
 def idents():
-    return {who: identity.generate(2048) for who in ("alice", "bob", "carol", "dora")}
+    return {who: identity.generate(2048) for who in ("alice", "bob", "carol", "dora", "erin")}
 
 
 @pytest.fixture
@@ -61,7 +62,9 @@ async def test_sipp_calls_through_two_agents_and_failure_codes(dht, idents, tmp_
     carol = make_agent(dht, idents["carol"], serve=True, home=tmp_path)
     dora = make_agent(dht, idents["dora"], serve=True, home=tmp_path,
                       deny=[idents["alice"].account_id])
-    await started(bob, alice, carol, dora)
+    erin = make_agent(dht, idents["erin"], serve=True, home=tmp_path)
+    erin.config.policy.unknown = "reject"        # alice is in neither list
+    await started(bob, alice, carol, dora, erin)
     await carol.stop()                          # publishes its "offline" record
     gw_a = await gateway(alice, {"bob": bob.account, "carol": carol.account})
     gw_b = await gateway(bob, {"alice": alice.account})
@@ -77,9 +80,18 @@ async def test_sipp_calls_through_two_agents_and_failure_codes(dht, idents, tmp_
         assert code == 480 and "offline" in phrase, phrase
         code, phrase = await final_for(gw_a, dora.account)
         assert code == 603 and "declined" in phrase, phrase   # a deny list is not revealed
+        code, phrase = await final_for(gw_a, erin.account)
+        assert code == 403 and "unknown callers" in phrase, phrase
+        for uac, uas in (("uac_cancel", "uas_cancel"), ("uac_busy", "uas_busy"),
+                         ("uac_callee_hangs_up", "uas_hangs_up"),
+                         ("uac_hold_resume", "uas_hold_resume")):
+            rc, out = await sipp_call(gw_a, gw_b, calls=3, rate=5, limit=3, uac_scenario=uac,
+                                      uas_scenario=uas, callee=bob.account, timeout=30)
+            assert rc == 0, f"{uac}: {out}"
     finally:
         await gw_a.stop()
         await gw_b.stop()
         await alice.stop()
         await bob.stop()
         await dora.stop()
+        await erin.stop()

@@ -34,12 +34,14 @@ async def two_gateways(loss: float = 0.0, failures=None, contacts_b=None):
     return gw_a, gw_b
 
 
-async def register(gw, user: str, contact_port: int, client: SipClient | None = None) -> None:
+async def register(gw, user: str, contact_port: int, client: SipClient | None = None,
+                   expires: int = 300) -> None:
     own = client is None
     client = client or await SipClient.open()
     client.send(request("REGISTER", f"sip:{user}@127.0.0.1:{gw.port}", client.port,
-                        call_id=f"reg-{user}-{contact_port}", branch=f"z9hG4bKreg{contact_port}",
-                        from_user=user, extra="Expires: 300\r\n").replace(
+                        call_id=f"reg-{user}-{contact_port}", cseq=2 if expires == 0 else 1,
+                        branch=f"z9hG4bKreg{contact_port}x{expires}",
+                        from_user=user, extra=f"Expires: {expires}\r\n").replace(
         f"<sip:{user}@127.0.0.1:{client.port}>", f"<sip:{user}@127.0.0.1:{contact_port}>"), gw.port)
     assert (await client.expect(lambda m: m.cseq.method == "REGISTER")).code == 200
     if own:
@@ -61,6 +63,17 @@ async def spawn(argv: list[str], cwd: str):
         await proc.wait()
 
 
+@contextlib.asynccontextmanager
+async def registered(gw, user: str, port: int):
+    """A binding for the test's softphone, removed afterwards (a stale binding would be one
+    more fork that never answers)."""
+    await register(gw, user, port)
+    try:
+        yield
+    finally:
+        await register(gw, user, port, expires=0)
+
+
 def _screen(cwd: str) -> str:
     out = []
     for name in sorted(os.listdir(cwd)):
@@ -75,10 +88,9 @@ async def sipp_call(gw_a, gw_b, calls: int, rate: int = 10, limit: int = 20,
                     timeout: float = 60, callee: str = BOB) -> tuple[int, str]:
     uas_port = free_port()
     with tempfile.TemporaryDirectory() as cwd:
-        await register(gw_b, "bob", uas_port)
         uas = ["sipp", "-i", "127.0.0.1", "-p", str(uas_port), "-m", str(calls), "-nostdin",
                "-trace_screen", "-trace_err"] + _scenario(uas_scenario, cwd)
-        async with spawn(uas, cwd):
+        async with spawn(uas, cwd), registered(gw_b, "bob", uas_port):
             await asyncio.sleep(0.3)
             uac = ["sipp", f"127.0.0.1:{gw_a.port}", "-s", callee, "-i", "127.0.0.1",
                    "-p", str(free_port()), "-m", str(calls), "-r", str(rate), "-l", str(limit),

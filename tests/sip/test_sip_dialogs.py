@@ -481,3 +481,35 @@ def test_early_media_update_and_dtmf_events():
             await gw_b.stop()
 
     asyncio.run(main())
+
+
+def test_busy_phone_is_not_held_up_by_a_stale_registration():
+    """Two bindings, one of them a phone that is gone (nothing listens): the live phone's 486
+    reaches the caller after the short grace, not after Timer B (32 s)."""
+
+    async def main():
+        gw_a, gw_b = await gateways()
+        live = await SipClient.open()
+        gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        gone.bind(("127.0.0.1", 0))                 # a port nobody reads (no ICMP either)
+        caller = await SipClient.open()
+        try:
+            await register(gw_b, "bob", gone.getsockname()[1])
+            await register(gw_b, "bob", live.port)
+            caller.send(request("INVITE", f"sip:bob@127.0.0.1:{gw_a.port}", caller.port,
+                                call_id="busy-1", body=offer(4000)), gw_a.port)
+            inv = await live.expect(lambda m: getattr(m, "method", "") == "INVITE")
+            live.send(answer_for(inv, 100, "", live.port), gw_b.port)
+            live.send(answer_for(inv, 486, "lt", live.port), gw_b.port)
+            start = asyncio.get_running_loop().time()
+            final = await caller.expect(lambda m: getattr(m, "code", 0) >= 200, timeout=10)
+            assert final.code == 486
+            assert asyncio.get_running_loop().time() - start < 10
+        finally:
+            gone.close()
+            live.close()
+            caller.close()
+            await gw_a.stop()
+            await gw_b.stop()
+
+    asyncio.run(main())
