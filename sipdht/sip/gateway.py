@@ -137,6 +137,11 @@ class Gateway:
 
     # --- services for the B2BUA --------------------------------------------------------
 
+    @property
+    def sip_host(self) -> str:
+        """Our address as SIP writes it in Via and Contact ([v6] in brackets)."""
+        return f"[{self.media_host}]" if ":" in self.media_host else self.media_host
+
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
@@ -157,7 +162,7 @@ class Gateway:
         return Dest("link", conn=link)
 
     def via_host(self, leg: Leg) -> str:
-        return self.account + LINK_HOST_SUFFIX if leg.side == "link" else self.media_host
+        return self.account + LINK_HOST_SUFFIX if leg.side == "link" else self.sip_host
 
     def via_port(self, leg: Leg) -> int | None:
         return None if leg.side == "link" else self.port
@@ -169,7 +174,7 @@ class Gateway:
         if leg.side == "link":
             return Address(URI("sip", self.account + LINK_HOST_SUFFIX, user=self.account))
         params = Parameters(transport="tcp") if leg.dest.kind == "tcp" else Parameters()
-        return Address(URI("sip", self.media_host, user=self.account, port=self.port,
+        return Address(URI("sip", self.sip_host, user=self.account, port=self.port,
                            parameters=params))
 
     def new_relay(self, link: Link) -> Relay:

@@ -216,15 +216,16 @@ def stamp_received(request: Request, host: str, port: int) -> None:
     vias = request.headers.getlist("Via")
     first = Via.parse_many(vias[0])
     top = first[0]
-    changes: dict[str, str | None] = {}
-    if top.host != host:
-        changes["received"] = host
-    if "rport" in top.parameters:
-        changes["rport"] = str(port)
-        changes["received"] = host
-    if changes:
-        first[0] = Via(top.transport, top.host, top.port, top.parameters.replace(**changes))
-        vias[0] = ", ".join(str(v) for v in first)
+    rport = "rport" in top.parameters
+    if top.host.strip("[]") == host and not rport:
+        return
+    # sipmessage would percent-encode an IPv6 received=, and parses it only in brackets;
+    # these two values are ours (an IP literal and a port), so they are appended as written
+    kept = {k: v for k, v in top.parameters.items() if k not in ("received", "rport")}
+    text = str(Via(top.transport, top.host, top.port, Parameters(**kept)))
+    received = f"[{host}]" if ":" in host else host
+    text += (f";rport={port}" if rport else "") + f";received={received}"
+    vias[0] = ", ".join([text, *(str(v) for v in first[1:])])
 
 
 def is_address_literal(host: str) -> bool:

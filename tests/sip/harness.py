@@ -17,15 +17,16 @@ ALICE = "a" * 40
 BOB = "b" * 40
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
+        with socket.socket(family, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
             port = u.getsockname()[1]
-            with socket.socket() as t:
+            with socket.socket(family) as t:
                 try:
-                    t.bind(("127.0.0.1", port))
+                    t.bind((host, port))
                 except OSError:
                     continue
             return port
@@ -38,7 +39,7 @@ async def start_gateway(pool, account: str, contacts: dict[str, str] | None = No
     for _ in range(5):
         try:
             gw = Gateway(config, contacts or {}, pool, account, "dht")
-            gw.port = free_port() if host == "127.0.0.1" else 0
+            gw.port = free_port(host) if host in ("127.0.0.1", "::1") else 0
             await gw.start()
             return gw
         except OSError:
@@ -53,6 +54,7 @@ class SipClient(asyncio.DatagramProtocol):
         self.queue: asyncio.Queue = asyncio.Queue()
         self.transport: asyncio.DatagramTransport | None = None
         self.port = 0
+        self.host = "127.0.0.1"
 
     @classmethod
     async def open(cls, host: str = "127.0.0.1") -> SipClient:
@@ -60,12 +62,14 @@ class SipClient(asyncio.DatagramProtocol):
         transport, proto = await loop.create_datagram_endpoint(cls, local_addr=(host, 0))
         proto.transport = transport
         proto.port = transport.get_extra_info("sockname")[1]
+        proto.host = host
         return proto
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.queue.put_nowait(data)
 
-    def send(self, data: bytes | str, port: int, host: str = "127.0.0.1") -> None:
+    def send(self, data: bytes | str, port: int, host: str | None = None) -> None:
+        host = host or self.host
         if isinstance(data, str):
             data = data.replace("\r\n", "\n").replace("\n", "\r\n").encode()
         assert self.transport is not None

@@ -513,3 +513,31 @@ def test_busy_phone_is_not_held_up_by_a_stale_registration():
             await gw_b.stop()
 
     asyncio.run(main())
+
+
+def test_ipv6_loopback_gateways_and_phones():
+    async def main():
+        network: dict = {}
+        gw_a = await start_gateway(MemPool(ALICE, network), ALICE, {"bob": BOB}, host="::1")
+        gw_b = await start_gateway(MemPool(BOB, network), BOB, {"alice": ALICE}, host="::1")
+        caller, phone = await SipClient.open("::1"), await SipClient.open("::1")
+        try:
+            reg = request("REGISTER", f"sip:bob@[::1]:{gw_b.port}", phone.port,
+                          extra="Expires: 300\r\n").replace("127.0.0.1", "[::1]")
+            phone.send(reg, gw_b.port)
+            assert (await phone.recv()).code == 200
+            body = offer(4000).replace("IN IP4 127.0.0.1", "IN IP6 ::1")
+            caller.send(request("INVITE", f"sip:bob@[::1]:{gw_a.port}", caller.port,
+                                body=body).replace("127.0.0.1", "[::1]"), gw_a.port)
+            inv = await phone.expect(lambda m: getattr(m, "method", "") == "INVITE")
+            assert inv.via[0].host == "[::1]" and inv.contact[0].uri.host == "[::1]"
+            assert b"c=IN IP6 ::1" in inv.body
+            phone.send(message.serialize(message.response(inv, 486, to_tag="x")), gw_b.port)
+            assert (await caller.expect(lambda m: getattr(m, "code", 0) >= 200)).code == 486
+        finally:
+            caller.close()
+            phone.close()
+            await gw_a.stop()
+            await gw_b.stop()
+
+    asyncio.run(main())

@@ -69,3 +69,10 @@ def test_response_copies_transaction_headers_and_adds_to_tag():
     assert via.parameters["rport"] == "5999" and via.parameters["received"] == "127.0.0.1"
     assert resp.to_address.parameters["tag"] == "t9"
     assert resp.from_address.parameters["tag"] == "1"
+
+
+def test_received_for_an_ipv6_source_stays_parseable():
+    req = m.parse(OPTIONS.replace(b"127.0.0.1:5061", b"[::1]:5061"))
+    m.stamp_received(req, "::1", 5999)
+    assert ";rport=5999;received=[::1]" in req.headers["Via"]
+    assert m.parse(m.serialize(req)).via[0].parameters["rport"] == "5999"
