@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import require_binary
 from tests.sip.baresip import Baresip, dominant_hz, rms, write_config
 from tests.sip.harness import free_port
 from tests.sip.test_sip_calls import two_gateways
 
 
+@pytest.mark.interop
 def test_two_baresip_call_by_alias_tones_cross(tmp_path: Path):
     require_binary("baresip")
 

@@ -110,6 +110,7 @@ def _scenario(name: str, cwd: str) -> list[str]:
     return ["-sf", path]
 
 
+@pytest.mark.interop
 def test_sipp_calls_through_two_gateways_reuse_one_link():
     require_binary("sipp")
 
@@ -129,6 +130,7 @@ def test_sipp_calls_through_two_gateways_reuse_one_link():
     asyncio.run(main())
 
 
+@pytest.mark.interop
 def test_sipp_calls_over_a_lossy_link_still_succeed():
     """20 % of link messages are lost each way: SIP over the link is retransmitted."""
     require_binary("sipp")
@@ -198,6 +200,7 @@ def test_no_softphone_registered_at_callee_is_480():
     asyncio.run(main())
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("uac, uas", [
     ("uac_cancel", "uas_cancel"),
     ("uac_busy", "uas_busy"),

@@ -16,6 +16,7 @@ async def _gateway(**options):
     return await start_gateway(MemPool(ALICE, {}), ALICE, **options)
 
 
+@pytest.mark.interop
 def test_sipsak_options_and_register():
     require_binary("sipsak")
 
