@@ -412,7 +412,14 @@ class Gateway:
             if not writer.is_closing():
                 writer.write(data)
         elif dest.kind == "link":
-            self._spawn(self._link_send(dest.conn, data))
+            send_nowait = getattr(dest.conn, "send_nowait", None)   # PeerLink: no task
+            if send_nowait is None:
+                self._spawn(self._link_send(dest.conn, data))
+                return
+            try:
+                send_nowait(CHANNEL_SIP, data)
+            except (LinkClosed, ConnectionError):
+                self.stats["link_send_failed"] += 1     # retransmission or link loss handles it
 
     async def _link_send(self, link: Link, data: bytes) -> None:
         with contextlib.suppress(LinkClosed, ConnectionError):

@@ -14,6 +14,8 @@ Drive it like the other sans-IO cores: `receive_request` / `receive_response` / 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +89,11 @@ class TransactionLayer:
         self._servers: dict[tuple[str, str, str], ServerTransaction] = {}
         self._out: list[Outgoing] = []
         self._events: collections.deque[Timeout] = collections.deque()
+        # timers: a heap of (deadline, n, tx), refreshed from the transactions touched since
+        # (stale entries are skipped), so a message costs O(log n), not a scan of them all
+        self._heap: list[tuple[float, int, _Transaction]] = []
+        self._dirty: list[_Transaction] = []
+        self._seq = itertools.count()
 
     # --- client side -------------------------------------------------------------------
 
@@ -104,6 +111,7 @@ class TransactionLayer:
             retransmit = "A" if tx.is_invite else "E"
             tx.timers[retransmit] = now + T1
             tx.intervals[retransmit] = T1
+        self._dirty.append(tx)
         return tx
 
     def send(self, dest: Any, data: bytes) -> None:
@@ -115,6 +123,7 @@ class TransactionLayer:
         tx = self._clients.get((branch(resp), resp.cseq.method))
         if tx is None or tx.state == "terminated":
             return None
+        self._dirty.append(tx)
         if resp.code < 200:
             if tx.state in ("calling", "trying", "proceeding"):
                 tx.state = "proceeding"
@@ -166,6 +175,8 @@ class TransactionLayer:
         error; ("ack", None) for an ACK outside any transaction (a 2xx's ACK: the dialog's)."""
         key = _server_key(request)
         tx = self._servers.get(key)
+        if tx is not None:
+            self._dirty.append(tx)
         if request.method == "ACK":
             if tx is None or not key[0]:
                 return "ack", None
@@ -190,6 +201,7 @@ class TransactionLayer:
         return self._servers.get((b, sent_by, method))
 
     def respond(self, tx: ServerTransaction, resp: Response, now: float) -> None:
+        self._dirty.append(tx)
         if tx.state in ("completed", "confirmed", "terminated") or (
                 tx.state == "accepted" and resp.code >= 300):
             return
@@ -218,6 +230,7 @@ class TransactionLayer:
 
     def ack_received(self, tx: ServerTransaction, now: float) -> None:
         """The dialog got the ACK of this transaction's 2xx: stop re-sending the 2xx."""
+        self._dirty.append(tx)
         if tx.state == "accepted":
             tx.state = "confirmed"
             tx.timers = {"L": now + TIMER_B}   # absorb INVITE retransmissions a while
@@ -229,15 +242,35 @@ class TransactionLayer:
 
     # --- timers ------------------------------------------------------------------------
 
+    def _reschedule(self) -> None:
+        for tx in self._dirty:
+            deadline = tx.next_deadline()
+            if deadline is not None:
+                heapq.heappush(self._heap, (deadline, next(self._seq), tx))
+        self._dirty.clear()
+
+    def _current(self, entry: tuple[float, int, _Transaction]) -> bool:
+        return entry[2].state != "terminated" and entry[2].next_deadline() == entry[0]
+
     def get_timer(self) -> float | None:
-        deadlines = [d for tx in self._all() if (d := tx.next_deadline()) is not None]
-        return min(deadlines, default=None)
+        self._reschedule()
+        while self._heap and not self._current(self._heap[0]):
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
 
     def handle_timer(self, now: float) -> None:
-        for tx in list(self._all()):
+        self._reschedule()
+        due: list[_Transaction] = []
+        while self._heap and self._heap[0][0] <= now:
+            entry = heapq.heappop(self._heap)
+            if self._current(entry) and entry[2] not in due:
+                due.append(entry[2])
+        for tx in due:
             for name, deadline in sorted(tx.timers.items(), key=lambda kv: kv[1]):
                 if deadline <= now and name in tx.timers:
                     self._fire(tx, name, now)
+            self._dirty.append(tx)
+        self._reschedule()
 
     def _fire(self, tx: _Transaction, name: str, now: float) -> None:
         if name in ("A", "E", "G"):
@@ -263,9 +296,6 @@ class TransactionLayer:
             self._clients.pop((branch(tx.request), tx.method), None)
         else:
             self._servers.pop(_server_key(tx.request), None)
-
-    def _all(self) -> list[_Transaction]:
-        return [*self._clients.values(), *self._servers.values()]
 
     # --- output ------------------------------------------------------------------------
 
