@@ -222,6 +222,11 @@ class SipConfig:
     listen: tuple[str, int] = _opt(("127.0.0.1", 5060), hostport(5060))
     allow_remote: bool = _opt(False, boolean)
     domain: str = _opt("dht", text)
+    username: str = _opt("", text)          # digest auth for non-loopback phones (allow_remote)
+    password: str = _opt("", text)
+    media_address: str = _opt("", text)     # address put in SDP for the relay ports
+    rtp_port_min: int = _opt(40000, int_range(1024, 65534))
+    rtp_port_max: int = _opt(49999, int_range(1025, 65535))
 
 
 @dataclass
