@@ -382,7 +382,8 @@ class DhtEngine:
         self._send(encode_error(msg.tid, code, text, self.id, self.network), addr)
 
     def _learn(self, msg: Message, addr: Addr, now: float) -> list[Node]:
-        """Insert the nodes a reply lists; loopback entries from a remote sender use its IP."""
+        """Insert the nodes a reply lists; loopback entries from a remote sender use its IP.
+        The only path by which gossiped nodes enter the table: one set of checks."""
         learnt = []
         sender_loopback = _is_loopback(addr[0])
         for fam, entries in ((4, msg.n4), (6, msg.n6)):
@@ -897,8 +898,9 @@ class DhtEngine:
         for fam in self.families:
             table = self.tables[fam]
             for target, node in table.stale_buckets(now)[:4]:
-                self._request(node.addr, node, "find", {"target": target}, now,
-                              on_reply=lambda m, t: self._learn_reply(m, t))
+                addr = node.addr
+                self._request(addr, node, "find", {"target": target}, now,
+                              on_reply=lambda m, t, a=addr: self._learn(m, a, t))
             for node in table.dubious(now)[:4]:
                 self.ping(node.addr, now, node)
         if 0 < len(good) < TARGET_NODES:
@@ -911,12 +913,6 @@ class DhtEngine:
             self._ping_bootstrap(now)
         delay = random.uniform(5, 25) if len(good) < TARGET_NODES else random.uniform(60, 180)
         self._at(now + delay, self._maintain)
-
-    def _learn_reply(self, msg: Message, now: float) -> None:
-        for fam, entries in ((4, msg.n4), (6, msg.n6)):
-            for nid, naddr in entries:
-                if nid != self.id and not is_martian(naddr):
-                    self.tables[fam].update(nid, naddr, now, 0)
 
     def _housekeeping(self, now: float) -> None:
         for key, vids in self.storage.expire(now):
