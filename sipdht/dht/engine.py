@@ -5,6 +5,13 @@ Feed it datagrams with `receive_datagram(data, addr, now)`, send what
 read results with `next_event()`. Operations (get, put, listen) return an op id
 that the events refer to. Everything it holds is bounded, and every datagram it
 drops is counted in `stats`.
+
+Randomness: every protocol choice (transaction and listen-socket ids, timer jitter,
+bucket-refresh targets, token rotation times) is drawn from the `rng` given to the
+engine, so a simulation replays from its seed. Without one the engine uses the OS's
+generator (unpredictable ids make off-path reply spoofing harder). Only the token
+secrets always come from os.urandom: they must never be guessable, and their bytes
+change no decision the engine takes.
 """
 
 from __future__ import annotations
@@ -14,7 +21,6 @@ import heapq
 import ipaddress
 import itertools
 import logging
-import os
 import random
 from collections import Counter, deque
 from collections.abc import Callable
@@ -23,7 +29,7 @@ from typing import Any
 
 from . import events as ev
 from .fragments import Reassembler, fragment_datagrams, split_values
-from .infohash import ZERO, InfoHash
+from .infohash import HASH_LEN, ZERO, InfoHash
 from .messages import (
     AF_INET,
     AF_INET6,
@@ -146,15 +152,16 @@ class DhtEngine:
                  rate_limit: bool = True, max_storage: int = 64 * 1024 * 1024,
                  client_only: bool = False, policy: EditPolicy | None = None,
                  families: tuple[int, ...] = (4, 6), now: float = 0.0,
-                 epoch_offset: float = 0.0) -> None:
-        self.id = node_id or InfoHash.random()
+                 epoch_offset: float = 0.0, rng: random.Random | None = None) -> None:
+        self.rng: random.Random = rng if rng is not None else random.SystemRandom()
+        self.id = node_id or InfoHash(self.rng.randbytes(HASH_LEN))
         self.network = network
         self.client_only = client_only
         self.families = families
         self.epoch_offset = epoch_offset   # wall-clock seconds = now + epoch_offset
-        self.tables = {f: RoutingTable(self.id) for f in (4, 6)}
+        self.tables = {f: RoutingTable(self.id, self.rng) for f in (4, 6)}
         self.storage = Storage(max_total=max_storage, policy=policy)
-        self.tokens = Tokens(now)
+        self.tokens = Tokens(now, self.rng)
         self.limits = QueryLimits(rate_limit)
         self.reassembler = Reassembler()
         self.stats: Counter[str] = Counter()
@@ -168,13 +175,12 @@ class DhtEngine:
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._op_ids = itertools.count(1)
-        self._tid = int.from_bytes(os.urandom(4), "big")
         self._bootstrap: list[Addr] = []
         self._bootstrap_wait = BOOTSTRAP_RETRY
         self._connected = False
         self.now = now          # last time given to any entry point
         self._at(now + HOUSEKEEPING, self._housekeeping)
-        self._at(now + random.uniform(5, 25), self._maintain)
+        self._at(now + self.rng.uniform(5, 25), self._maintain)
 
     # --- sans-IO interface ------------------------------------------------------------------
 
@@ -298,8 +304,11 @@ class DhtEngine:
         return timer
 
     def _next_tid(self) -> int:
-        self._tid = (self._tid + 1) & 0xFFFFFFFF or 1
-        return self._tid
+        """A random uint32 not in use as a tid or a listen socket id (0 is never used)."""
+        while True:
+            tid = self.rng.getrandbits(32)
+            if tid and tid not in self.requests and tid not in self.listen_sids:
+                return tid
 
     def _send(self, data: bytes, addr: Addr) -> None:
         self._out.append((data, addr))
@@ -329,7 +338,7 @@ class DhtEngine:
             return
         if req.attempts < MAX_ATTEMPTS:
             req.attempts += 1
-            req.wait = req.wait * 2 + random.uniform(0, 0.25)
+            req.wait = req.wait * 2 + self.rng.uniform(0, 0.25)
             for d in req.datagrams:
                 self._send(d, req.addr)
             self._at(now + req.wait, lambda t: self._request_timeout(req, t))
@@ -911,7 +920,7 @@ class DhtEngine:
             self._connected = False
             self._events.append(ev.Connectivity(0))
             self._ping_bootstrap(now)
-        delay = random.uniform(5, 25) if len(good) < TARGET_NODES else random.uniform(60, 180)
+        delay = self.rng.uniform(5, 25) if len(good) < TARGET_NODES else self.rng.uniform(60, 180)
         self._at(now + delay, self._maintain)
 
     def _housekeeping(self, now: float) -> None:
