@@ -8,7 +8,7 @@ from __future__ import annotations
 from sipdht.dht.engine import DhtEngine
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.messages import encode_reply, pack_nodes
-from tests.unit.test_engine import B, ME, OTHER, T0, drain, engine, feed
+from tests.unit.test_engine import ME, OTHER, T0, B, drain, engine, feed
 
 PLANTED = InfoHash(b"\x66" * 20)
 
