@@ -49,10 +49,19 @@ from .messages import (
 )
 from .ratelimit import QueryLimits
 from .routing import MAX_FAILURES, K, Node, RoutingTable
-from .search import LISTEN_NODES, MAX_IN_FLIGHT, TARGET_NODES, Search, SearchNode
+from .search import (
+    FETCH_IN_FLIGHT,
+    LISTEN_NODES,
+    MAX_FETCHES,
+    MAX_IN_FLIGHT,
+    TARGET_NODES,
+    Fetch,
+    Search,
+    SearchNode,
+)
 from .storage import EditPolicy, Listener, Storage, StoreStatus
 from .tokens import Tokens
-from .values import Query, Value, type_expiration
+from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, type_expiration
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,17 @@ HOUSEKEEPING = 2.0
 SEARCH_IDLE = 62 * 60.0
 BOOTSTRAP_RETRY, BOOTSTRAP_RETRY_MAX = 10.0, 300.0
 MAX_SEARCHES = 4096
+
+# What one get reply (or a new listener's first push) may carry, whatever is stored: a
+# burst a socket buffer holds. Callers page through the rest by id, as OpenDHT clients do.
+MAX_REPLY_VALUES = 64
+MAX_REPLY_BYTES = 32 * 1024         # at least one value is always sent, whatever its size
+MAX_REPLY_IDS = 1024                # rows of a select reply (~10 bytes each)
+# What one source IP may keep under one key (OpenDHT has no such cap): junk from one
+# address cannot bury the others' values.
+MAX_VALUES_PER_SOURCE = 64
+MAX_BYTES_PER_SOURCE = 256 * 1024
+ID_SEQ = (FIELD_ID, FIELD_SEQ)
 
 
 def family_of(addr: Addr) -> int:
@@ -170,6 +190,7 @@ class DhtEngine:
         self.listen_sids: dict[int, tuple[Search, SearchNode]] = {}
         self.local_listens: dict[InfoHash, list[ListenOp]] = {}
         self.ops: dict[int, GetOp | PutOp | ListenOp] = {}
+        self._sources: dict[InfoHash, dict[str, set[int]]] = {}   # key -> IP -> value ids
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[ev.Event] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
@@ -442,11 +463,33 @@ class DhtEngine:
             return self._error(msg, addr, NON_AUTHORITATIVE_INFORMATION, "Get_values with no info_hash")
         body = self._nodes_body(msg.h, self._want(msg, addr), now)
         body["token"] = self.tokens.make(addr)
-        values = self.storage.get(msg.h, msg.q, now)
+        values = self._fair(msg.h, self.storage.get(msg.h, msg.q, now))
         if msg.q is not None and msg.q.select:
-            body["fileds"] = self._select(msg.q, values)
+            body["fileds"] = self._select(msg.q, values[:MAX_REPLY_IDS])
             values = []
-        self._reply(msg, addr, body, values)
+        self._reply(msg, addr, body, self._capped(values))
+
+    def _fair(self, key: InfoHash, values: list[Value]) -> list[Value]:
+        """Round-robin over source IPs (our own values first), so that when a reply is capped
+        every source's oldest values are in it, not only the most prolific source's."""
+        groups: dict[str | None, list[Value]] = {}
+        for v in values:
+            sv = self.storage.get_stored(key, v.id)
+            groups.setdefault(sv.source if sv else None, []).append(v)
+        if len(groups) <= 1:
+            return values
+        tiers = itertools.zip_longest(*groups.values())
+        return [v for tier in tiers for v in tier if v is not None]
+
+    @staticmethod
+    def _capped(values: list[Value]) -> list[Value]:
+        out, size = [], 0
+        for v in values[:MAX_REPLY_VALUES]:
+            size += v.size() + len(v.owner or b"") + 64      # ~ its packed size
+            if out and size > MAX_REPLY_BYTES:
+                break
+            out.append(v)
+        return out
 
     @staticmethod
     def _select(q: Query, values: list[Value]) -> dict[str, Any]:
@@ -475,14 +518,45 @@ class DhtEngine:
 
     def _store_remote(self, key: InfoHash, value: Value, now: float, ip: str,
                       created: float | None) -> None:
+        if self.storage.get_stored(key, value.id) is None and not self._source_room(key, ip, value):
+            self.stats["store_refused_source_cap"] += 1
+            return
         result = self.storage.store(key, value, now, source=ip, created=created)
         self.stats[f"store_{result.status.name.lower()}"] += 1
         if result.status in (StoreStatus.NEW, StoreStatus.EDITED):
+            self._sources.setdefault(key, {}).setdefault(ip, set()).add(value.id)
             self._notify(key, now, values=[value])
         elif result.status is StoreStatus.REFRESHED:
             self._notify(key, now, refreshed=[value.id])
         for ekey, vid in result.evicted:
+            self._forget_sources(ekey, [vid])
             self._notify(ekey, now, expired=[vid])
+
+    def _source_room(self, key: InfoHash, ip: str, value: Value) -> bool:
+        """Whether `ip` may add this value under `key` (its values there, checked against
+        storage so that expired, evicted or re-sourced ones no longer count)."""
+        vids = self._sources.get(key, {}).get(ip)
+        if not vids:
+            return True
+        size = value.size()
+        for vid in list(vids):
+            sv = self.storage.get_stored(key, vid)
+            if sv is None or sv.source != ip:
+                vids.discard(vid)
+            else:
+                size += sv.value.size()
+        return len(vids) < MAX_VALUES_PER_SOURCE and size <= MAX_BYTES_PER_SOURCE
+
+    def _forget_sources(self, key: InfoHash, vids: list[int]) -> None:
+        by_ip = self._sources.get(key)
+        if by_ip is None:
+            return
+        for ip, ids in list(by_ip.items()):
+            ids.difference_update(vids)
+            if not ids:
+                del by_ip[ip]
+        if not by_ip:
+            del self._sources[key]
 
     def _serve_refresh(self, msg: Message, addr: Addr, now: float) -> None:
         if not self._check_write(msg, addr, "Refresh"):
@@ -500,7 +574,7 @@ class DhtEngine:
         listener = Listener(msg.id, addr, sid, msg.q or Query(), min(msg.version, 1), now)
         new = self.storage.add_listener(msg.h, listener)
         self._reply(msg, addr, {"token": self.tokens.make(addr)})
-        values = self.storage.get(msg.h, listener.query, now)
+        values = self._capped(self._fair(msg.h, self.storage.get(msg.h, listener.query, now)))
         if new and values:
             self._push(msg.h, listener, now, values=values)
 
@@ -680,6 +754,7 @@ class DhtEngine:
             if not sn.pending and (not sn.synced(now) or sn.last_get < newest_get):
                 self._send_get(search, sn, now)
                 inflight += 1
+        self._pump_fetches(search, newest_get, now)
         self._write_early(search, live, now)
         synced = search.synced_nodes(now)
         if synced is not None:
@@ -706,9 +781,10 @@ class DhtEngine:
         sn.pending = True
         want = [AF_INET, AF_INET6] if len(self.families) > 1 else (
             [AF_INET] if self.families == (4,) else [AF_INET6])
-        if search.busy:
-            name, args = "get", {"h": search.target, "w": want}
-        else:
+        if search.gets:      # ids first; values are then fetched by id (_pump_fetches)
+            q = Query(ID_SEQ, self._common_where(search))
+            name, args = "get", {"h": search.target, "w": want, "q": q.pack()}
+        else:                # puts and listens only need a token: no values come back
             name, args = "find", {"target": search.target, "w": want}
 
         def on_reply(msg: Message, t: float) -> None:
@@ -741,18 +817,85 @@ class DhtEngine:
         for node in self._learn(msg, sn.node.addr, now):
             if family_of(node.addr) == search.family:
                 search.insert(node, sn.depth + 1)
-        if msg.values:
-            for op in search.gets:
-                self._deliver_get(op, msg.values)
-            for op in search.listens:
-                self._listen_values(op, "add", msg.values)
+        if msg.fields is not None:
+            self._listed(search, sn, msg.fields)
+        if msg.values:      # a server that ignored the select: these are the values
+            self._found_values(search, msg.values)
+
+    def _found_values(self, search: Search, values: list[Value]) -> None:
+        for op in search.gets:
+            self._deliver_get(op, values)
+        for op in search.listens:
+            self._listen_values(op, "add", values)
+
+    @staticmethod
+    def _common_where(search: Search) -> tuple:
+        """The gets' filter, sent to the storers when every get of the search shares it."""
+        wheres = {op.query.where if op.query else () for op in search.gets}
+        return wheres.pop() if len(wheres) == 1 else ()
+
+    def _listed(self, search: Search, sn: SearchNode, fields: FieldIndex) -> None:
+        """A node listed the (id, seq) it holds: remember it as a source of each."""
+        if FIELD_ID not in fields.fields:
+            return
+        i_id = fields.fields.index(FIELD_ID)
+        i_seq = fields.fields.index(FIELD_SEQ) if FIELD_SEQ in fields.fields else None
+        for row in fields.rows[:MAX_FETCHES]:
+            vid, seq = row[i_id], row[i_seq] if i_seq is not None else 0
+            if type(vid) is not int or type(seq) is not int:
+                self.stats["get_bad_id_rows"] += 1
+                continue
+            fetch = search.fetches.get((vid, seq))
+            if fetch is None:
+                if len(search.fetches) >= MAX_FETCHES:
+                    self.stats["get_ids_dropped"] += 1
+                    continue
+                fetch = search.fetches[(vid, seq)] = Fetch(vid, seq)
+            if sn not in fetch.sources:
+                fetch.sources.append(sn)
+
+    def _pump_fetches(self, search: Search, since: float, now: float) -> None:
+        """Fetch by id what the gets still miss, FETCH_IN_FLIGHT at a time."""
+        if not search.gets or not search.fetches:
+            return
+        inflight = sum(1 for f in search.fetches.values() if f.pending)
+        for fetch in search.fetches.values():
+            if inflight >= FETCH_IN_FLIGHT:
+                return
+            while fetch.wanted(since) and fetch.sources[0].failed:
+                fetch.sources.pop(0)
+            if fetch.wanted(since):
+                self._send_fetch(search, fetch, fetch.sources.pop(0), now)
+                inflight += 1
+
+    def _send_fetch(self, search: Search, fetch: Fetch, sn: SearchNode, now: float) -> None:
+        fetch.pending = True
+
+        def on_reply(msg: Message, t: float) -> None:
+            fetch.pending = False
+            if msg.kind != "e":
+                fetch.fetched = now
+                if msg.values:
+                    self._found_values(search, msg.values)
+            self._step(search, t)
+
+        def on_expire(t: float) -> None:
+            fetch.pending = False
+            self._step(search, t)
+
+        q = Query((), ((FIELD_ID, fetch.vid),))
+        self._request(sn.node.addr, sn.node, "get", {"h": search.target, "q": q.pack()}, now,
+                      on_reply, on_expire)
 
     def _synced(self, search: Search, synced: list[SearchNode], now: float) -> None:
         hops = 1 + max(sn.depth for sn in synced)
-        for op in [op for op in search.gets if all(sn.last_get >= op.started for sn in synced)]:
+        for op in [op for op in search.gets if all(sn.last_get >= op.started for sn in synced)
+                   and not search.fetches_busy(op.started)]:
             op.ok, op.hops = True, max(op.hops, hops)
             search.gets.remove(op)
             self._search_done(op, search)
+        if not search.gets:
+            search.fetches.clear()
         for op in list(search.puts):       # sending happened in _write_early
             if all(op.id in sn.acked for sn in synced):
                 if not op.permanent:
@@ -763,6 +906,7 @@ class DhtEngine:
         for op in search.gets:
             self._search_done(op, search)
         search.gets.clear()
+        search.fetches.clear()
         for op in list(search.puts):
             if not op.permanent:
                 search.puts.remove(op)
@@ -925,6 +1069,7 @@ class DhtEngine:
 
     def _housekeeping(self, now: float) -> None:
         for key, vids in self.storage.expire(now):
+            self._forget_sources(key, vids)
             self._notify(key, now, expired=vids)
         self.storage.expire_listeners(now)
         self.reassembler.expire(now)

@@ -3,6 +3,11 @@
 Kademlia as OpenDHT runs it: up to SEARCH_NODES tracked by XOR distance, at most
 MAX_IN_FLIGHT requests out, "synced" once the TARGET_NODES closest live nodes
 have answered a get/find with a token recently. The engine drives it.
+
+Gets are paged as a stock OpenDHT client pages them: each node is asked for the ids
+(and seqs) it holds, then every id not yet fetched is asked for on its own, at most
+FETCH_IN_FLIGHT at a time. A key stuffed with junk then costs many small replies
+instead of one burst of fragments that a socket buffer cannot hold.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ TARGET_NODES = 8
 LISTEN_NODES = 4
 MAX_IN_FLIGHT = 4
 SYNC_TIME = 600.0
+FETCH_IN_FLIGHT = 16        # value-by-id gets outstanding per search
+MAX_FETCHES = 4096          # distinct (id, seq) one search will fetch
 
 
 @dataclass(eq=False)
@@ -49,6 +56,20 @@ class SearchNode:
 
 
 @dataclass(eq=False)
+class Fetch:
+    """One (value id, seq) some node listed: fetched by id from one of the nodes that have it."""
+    vid: int
+    seq: int
+    sources: list[SearchNode] = field(default_factory=list)   # listed it, not asked yet
+    pending: bool = False
+    fetched: float = float("-inf")      # when the last fetch that ended was sent
+
+    def wanted(self, since: float) -> bool:
+        """Still to ask someone: not fetched for gets started at `since`, and someone has it."""
+        return not self.pending and self.fetched < since and bool(self.sources)
+
+
+@dataclass(eq=False)
 class Search:
     target: InfoHash
     family: int
@@ -58,6 +79,7 @@ class Search:
     puts: list[Any] = field(default_factory=list)
     listens: list[Any] = field(default_factory=list)
     last_used: float = 0.0
+    fetches: dict[tuple[int, int], Fetch] = field(default_factory=dict)
 
     @property
     def busy(self) -> bool:
@@ -97,6 +119,10 @@ class Search:
 
     def in_flight(self) -> int:
         return sum(1 for sn in self.nodes if sn.pending)
+
+    def fetches_busy(self, since: float) -> bool:
+        """A value fetch is out or still to send for the gets started at `since`."""
+        return any(f.pending or f.wanted(since) for f in self.fetches.values())
 
     def synced_nodes(self, now: float, count: int = TARGET_NODES) -> list[SearchNode] | None:
         """The `count` closest live nodes if all are synced, else None."""

@@ -5,10 +5,44 @@ Every test here failed on the engine before its fix (see the commit that added i
 
 from __future__ import annotations
 
-from sipdht.dht.engine import DhtEngine
+from collections import Counter
+
+from sipdht.dht import events as ev
+from sipdht.dht.engine import (
+    MAX_REPLY_BYTES,
+    MAX_REPLY_IDS,
+    MAX_REPLY_VALUES,
+    MAX_VALUES_PER_SOURCE,
+    DhtEngine,
+)
+from sipdht.dht.fragments import MTU
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.messages import encode_reply, pack_nodes
-from tests.unit.test_engine import ME, OTHER, T0, B, drain, engine, feed
+from sipdht.dht.values import Value, pack
+from tests.unit.test_engine import (
+    ME,
+    OTHER,
+    T0,
+    A,
+    B,
+    H,
+    Net,
+    drain,
+    engine,
+    events,
+    feed,
+    put,
+    query,
+    token_for,
+)
+
+
+def prove(e: DhtEngine, addr) -> None:
+    """addr answers one of our requests: it has proven it receives at that address."""
+    e.ping(addr, T0)
+    [ping] = [o for o in drain(e, maintenance=True) if o.dst == addr]
+    e.receive_datagram(encode_reply(ping.msg.tid, {"id": InfoHash(b"\x44" * 20)}), addr, T0)
+    drain(e)
 
 PLANTED = InfoHash(b"\x66" * 20)
 
@@ -42,3 +76,137 @@ def test_bucket_refresh_reply_cannot_plant_loopback_nodes() -> None:
     assert not [a for a in addrs if a[0].startswith("127.")], addrs
     # as in a search reply, a loopback entry stands for the sender's own IP
     assert (B[0], 4222) in addrs and ME not in [n.id for n in e.tables[4].nodes()]
+
+
+# --- 3. key poisoning: ~1,000 junk values on one key ---------------------------------------
+
+JUNK = 1000
+
+
+def junk(i: int) -> Value:
+    return Value(id=10_000 + i, data=bytes([i % 251]) * 680)          # ~0.7 MB in all
+
+
+def poison(e: DhtEngine, many_sources: bool = True) -> None:
+    """Junk straight into storage, as if put by many IPs (so no per-IP cap applies)."""
+    for i in range(JUNK):
+        src = f"198.51.100.{i % 200 + 1}" if many_sources else "198.51.100.1"
+        assert e.storage.store(H, junk(i), T0, source=src).stored
+
+
+class LossyNet(Net):
+    """A receive queue of QUEUE datagrams per node per round, like a socket buffer:
+    a burst beyond it is lost (what made a poisoned key's one-burst get reply fail)."""
+
+    QUEUE = 256
+
+    def pump(self, now: float, rounds: int = 2000) -> None:
+        for _ in range(rounds):
+            batch = [(src, data, dst) for src, e in self.nodes.items()
+                     for data, dst in e.datagrams_to_send(now)]
+            if not batch:
+                return
+            queued: Counter = Counter()
+            for src, data, dst in batch:
+                self.log.append((src, dst, data))
+                queued[dst] += 1
+                if dst in self.nodes and queued[dst] <= self.QUEUE:
+                    self.nodes[dst].receive_datagram(data, src, now)
+        raise AssertionError("the network did not settle")
+
+
+def run_until(net: Net, start: float, done, limit: float = 30.0) -> float:
+    """Pump and advance every engine's timers in 0.1 s steps until done() holds."""
+    t = start
+    net.pump(t)
+    while not done() and t < start + limit:
+        t += 0.1
+        for e in net.nodes.values():
+            e.handle_timer(t)
+        net.pump(t)
+    return t
+
+
+def lossy_pair() -> tuple[LossyNet, DhtEngine, DhtEngine]:
+    srv, cli = DhtEngine(InfoHash(b"\xa0" * 20), now=T0), DhtEngine(InfoHash(b"\xb0" * 20), now=T0)
+    net = LossyNet(srv=srv, cli=cli)
+    cli.add_known_node(srv.id, net.addr(srv), T0)
+    net.pump(T0)
+    events(cli)
+    return net, srv, cli
+
+
+def test_put_on_a_poisoned_key_is_stored() -> None:
+    net, srv, cli = lossy_pair()
+    poison(srv)
+    genuine = Value(id=7, data=b"the real contact record")
+    op = cli.put(H, genuine, T0)
+    got: list = []
+    run_until(net, T0, lambda: got.extend(events(cli)) or any(
+        isinstance(x, ev.PutDone) for x in got))
+    assert [x for x in got if isinstance(x, ev.PutDone)] == [ev.PutDone(op, 1)]
+    assert srv.storage.get_stored(H, 7).value == genuine
+    sent = sum(len(d) for src, dst, d in net.log if src == net.addr(srv))
+    assert sent < 20_000, f"the storer sent {sent} bytes for one put"
+
+
+def test_get_on_a_poisoned_key_returns_the_genuine_value() -> None:
+    net, srv, cli = lossy_pair()
+    poison(srv)
+    genuine = Value(id=7, data=b"the real contact record")
+    srv.storage.store(H, genuine, T0, source="203.0.113.99")
+    op = cli.get(H, T0)
+    got: list = []
+    run_until(net, T0, lambda: got.extend(events(cli)) or any(
+        isinstance(x, ev.GetDone) for x in got), limit=60)
+    values = [v for x in got if isinstance(x, ev.GetValues) and x.op == op for v in x.values]
+    assert genuine in values
+    assert [x.ok for x in got if isinstance(x, ev.GetDone)] == [True]
+
+
+def test_plain_get_reply_is_capped_and_fair_to_sources() -> None:
+    """One burst per get, whatever is stored: a few values, at most a few tens of KB, and
+    a value from a lone source is in it even after 1,000 from another."""
+    e = engine()
+    poison(e, many_sources=False)
+    genuine = Value(id=7, data=b"genuine")
+    e.storage.store(H, genuine, T0 + 1, source="203.0.113.99")
+    prove(e, A)
+    outs = feed(e, query("get", 5, h=H), A, T0 + 1)
+    assert sum(len(o.raw) for o in outs) <= MAX_REPLY_BYTES + 2 * MTU
+    head = outs[0].msg
+    assert 0 < len(head.values or head.value_sizes or []) <= MAX_REPLY_VALUES
+    e2 = engine()
+    got = e2.reassembler
+    msg = None
+    for o in outs:
+        msg = e2._reassemble(o.msg, A, T0) or msg
+    assert msg is not None and genuine in msg.values and got.dropped == 0
+
+
+def test_id_listing_is_capped() -> None:
+    e = engine()
+    poison(e)
+    for i in range(200):
+        e.storage.store(H, junk(JUNK + i), T0, source="198.51.100.250")
+    prove(e, A)
+    [out] = feed(e, query("get", 5, h=H, q={"s": [1, 4], "w": []}), A)
+    rows = out.msg.fields.rows
+    assert 0 < len(rows) <= MAX_REPLY_IDS and len(out.raw) < 16_000
+
+
+def test_one_ip_cannot_fill_a_key() -> None:
+    e = engine()
+    tok = token_for(e, A)
+    for i in range(JUNK // 10):
+        feed(e, query("put", i + 1, h=H, token=tok, values=[pack(junk(i))]), A)
+    mine = len(e.storage.get(H, now=T0))
+    assert 0 < mine <= MAX_VALUES_PER_SOURCE
+    assert e.stats["store_refused_source_cap"] == JUNK // 10 - mine
+    put(e, [Value(id=7, data=b"genuine")], addr=B, sender=OTHER)
+    assert e.storage.get_stored(H, 7) is not None
+    # a source's values that expire free its share again
+    e.handle_timer(T0 + 601)
+    feed(e, query("put", 999, h=H, token=token_for(e, A, T0 + 601), values=[pack(junk(5000))]),
+         A, T0 + 601)
+    assert e.storage.get_stored(H, junk(5000).id) is not None
