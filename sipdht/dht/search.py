@@ -97,17 +97,25 @@ class Search:
         sn = SearchNode(node, self.target.distance(node.id), depth)
         keys = [x.distance for x in self.nodes]
         pos = bisect.bisect(keys, sn.distance)
-        if pos >= SEARCH_NODES and len(self.nodes) >= SEARCH_NODES:
+        full = len(self.nodes) >= SEARCH_NODES
+        # A farther node still gets in when it can replace a failed one: silent nodes close
+        # to the key (strangers that once queried us) must not end the search.
+        if full and pos >= SEARCH_NODES and not any(x.failed and self._droppable(x)
+                                                    for x in self.nodes):
             return None
         self.nodes.insert(pos, sn)
         if len(self.nodes) > SEARCH_NODES:
             self._drop_one()
         return sn if sn in self.nodes else None
 
+    @staticmethod
+    def _droppable(sn: SearchNode) -> bool:
+        return sn.listen_sid is None and not sn.acked and not sn.pending
+
     def _drop_one(self) -> None:
         """Drop the farthest node that holds nothing for us (failed ones first)."""
         for cand in [x for x in reversed(self.nodes) if x.failed] + list(reversed(self.nodes)):
-            if cand.listen_sid is None and not cand.acked and not cand.pending:
+            if self._droppable(cand):
                 self.nodes.remove(cand)
                 return
         self.nodes.pop()

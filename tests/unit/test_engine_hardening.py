@@ -127,8 +127,8 @@ def run_until(net: Net, start: float, done, limit: float = 30.0) -> float:
     return t
 
 
-def lossy_pair() -> tuple[LossyNet, DhtEngine, DhtEngine]:
-    srv, cli = DhtEngine(InfoHash(b"\xa0" * 20), now=T0), DhtEngine(InfoHash(b"\xb0" * 20), now=T0)
+def lossy_pair(cli_id: bytes = b"\xb0" * 20) -> tuple[LossyNet, DhtEngine, DhtEngine]:
+    srv, cli = DhtEngine(InfoHash(b"\xa0" * 20), now=T0), DhtEngine(InfoHash(cli_id), now=T0)
     net = LossyNet(srv=srv, cli=cli)
     cli.add_known_node(srv.id, net.addr(srv), T0)
     net.pump(T0)
@@ -210,3 +210,20 @@ def test_one_ip_cannot_fill_a_key() -> None:
     feed(e, query("put", 999, h=H, token=token_for(e, A, T0 + 601), values=[pack(junk(5000))]),
          A, T0 + 601)
     assert e.storage.get_stored(H, junk(5000).id) is not None
+
+
+def test_silent_close_nodes_do_not_kill_a_search() -> None:
+    """Nodes that queried us (e.g. junk putters with random ids) sit in the routing table,
+    closer to the key than any real node: once they time out the search must go on with
+    the real ones instead of refusing them as farther than its 14 (failed) nodes."""
+    net, srv, cli = lossy_pair(bytes(H)[:-1] + bytes([bytes(H)[-1] ^ 1]))   # we sit near H
+    for i in range(40):                 # queries from silent strangers closer to H than srv
+        nid = InfoHash(bytes(H)[:2] + bytes([i * 6]) + bytes(17))
+        cli.receive_datagram(query("ping", 50 + i, sender=nid), (f"198.51.100.{i + 1}", 4222), T0)
+    cli.datagrams_to_send(T0)            # their pings go nowhere
+    genuine = Value(id=7, data=b"x")
+    op = cli.put(H, genuine, T0)
+    got: list = []
+    run_until(net, T0, lambda: got.extend(events(cli)) or any(
+        isinstance(x, ev.PutDone) for x in got))
+    assert [x for x in got if isinstance(x, ev.PutDone)] == [ev.PutDone(op, 1)]
