@@ -47,6 +47,7 @@ from .messages import (
     encode_reply,
     pack_nodes,
 )
+from .proofs import AddressProofs
 from .ratelimit import QueryLimits
 from .routing import MAX_FAILURES, K, Node, RoutingTable
 from .search import (
@@ -84,6 +85,8 @@ MAX_REPLY_IDS = 1024                # rows of a select reply (~10 bytes each)
 MAX_VALUES_PER_SOURCE = 64
 MAX_BYTES_PER_SOURCE = 256 * 1024
 ID_SEQ = (FIELD_ID, FIELD_SEQ)
+CHALLENGE_INTERVAL = 5.0    # between two pings proving one unproven source (proofs.py)
+MAX_CHALLENGES = 4096
 
 
 def family_of(addr: Addr) -> int:
@@ -183,6 +186,10 @@ class DhtEngine:
         self.storage = Storage(max_total=max_storage, policy=policy)
         self.tokens = Tokens(now, self.rng)
         self.limits = QueryLimits(rate_limit)
+        self.proofs = AddressProofs()
+        self._budget: tuple[Addr, list[int]] | None = None   # (unproven source, bytes left)
+        self._rx_bytes = 0
+        self._challenged: dict[Addr, float] = {}     # unproven sources we pinged, and when
         self.reassembler = Reassembler()
         self.stats: Counter[str] = Counter()
         self.searches: dict[int, dict[InfoHash, Search]] = {4: {}, 6: {}}
@@ -228,6 +235,7 @@ class DhtEngine:
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         self.now = now
         self.stats["received"] += 1
+        self._rx_bytes = len(data)
         if is_martian(addr):
             self.stats["dropped_martian"] += 1
             return
@@ -332,6 +340,12 @@ class DhtEngine:
                 return tid
 
     def _send(self, data: bytes, addr: Addr) -> None:
+        if self._budget is not None and self._budget[0] == addr:
+            left = self._budget[1]
+            if len(data) > left[0]:
+                self.stats["amplification_dropped"] += 1
+                return
+            left[0] -= len(data)
         self._out.append((data, addr))
 
     def _request(self, addr: Addr, node: Node | None, name: str, args: dict[str, Any], now: float,
@@ -400,12 +414,59 @@ class DhtEngine:
                values: list[Value] | None = None, tid: int | None = None) -> None:
         tid = msg.tid if tid is None else tid
         body = {"id": self.id, "sa": address_bytes(addr[0]), **body}
+        datagrams = self._reply_datagrams(tid, body, values)
+        if self._budget is not None and self._budget[0] == addr:
+            room = self._budget[1][0]
+            while sum(map(len, datagrams)) > room and self._trim_nodes(body):
+                datagrams = self._reply_datagrams(tid, body, values)
+            if sum(map(len, datagrams)) > room and (values or "fileds" in body):
+                # Values (or a value-id listing) are never cut short, which would read as
+                # "nothing stored": the reply is withheld, and the requester's retry finds
+                # it proven by our ping.
+                self.stats["reply_withheld_unproven"] += 1
+                self._challenge(addr, self.now)
+                return
+        for d in datagrams:
+            self._send(d, addr)
+
+    def _reply_datagrams(self, tid: int, body: dict[str, Any],
+                         values: list[Value] | None) -> list[bytes]:
         packed: list[bytes] = []
         if values:
+            body = {**body}
             body["values"], packed = split_values(values)
-        self._send(encode_reply(tid, body, self.network, self.client_only), addr)
-        for d in fragment_datagrams(tid, packed, self.network):
-            self._send(d, addr)
+        return ([encode_reply(tid, body, self.network, self.client_only)]
+                + fragment_datagrams(tid, packed, self.network))
+
+    def _trim_nodes(self, body: dict[str, Any]) -> bool:
+        """Drop one node record (IPv6 first) from a reply; False when none is left."""
+        for key, rec in (("n6", 38), ("n4", 26)):
+            if key in body:
+                body[key] = body[key][:-rec]
+                if not body[key]:
+                    del body[key]
+                self.stats["reply_trimmed_unproven"] += 1
+                return True
+        return False
+
+    def _challenge(self, addr: Addr, now: float) -> None:
+        """Ping an unproven source whose answer we withheld: once it replies, its retry
+        is answered in full. At most one ping per address every CHALLENGE_INTERVAL."""
+        if now - self._challenged.get(addr, float("-inf")) < CHALLENGE_INTERVAL:
+            return
+        if self._note_challenge(addr, now):
+            self.stats["challenge_ping"] += 1
+            self.ping(addr, now)
+
+    def _note_challenge(self, addr: Addr, now: float) -> bool:
+        """Remember a ping to a source (bounded: recent entries only); False when full."""
+        if len(self._challenged) >= MAX_CHALLENGES:
+            self._challenged = {a: t for a, t in self._challenged.items()
+                                if now - t < CHALLENGE_INTERVAL}
+            if len(self._challenged) >= MAX_CHALLENGES:
+                return False
+        self._challenged[addr] = now
+        return True
 
     def _error(self, msg: Message, addr: Addr, code: int, text: str) -> None:
         self.stats[f"error_sent_{code}"] += 1
@@ -436,9 +497,18 @@ class DhtEngine:
             self.stats["dropped_rate_limit"] += 1
             return
         self.stats[f"query_{msg.query}"] += 1
-        if not msg.client:
-            self._heard_query(msg.id, addr, now)
-        getattr(self, f"_serve_{msg.query}")(msg, addr, now)
+        ip = addr[0]
+        if not self.proofs.proven(ip, now):     # maybe spoofed: answer within a budget
+            allowed = self.proofs.allowance(ip, self._rx_bytes, now)
+            self._budget = (addr, [allowed])
+        try:
+            if not msg.client:
+                self._heard_query(msg.id, addr, now)
+            getattr(self, f"_serve_{msg.query}")(msg, addr, now)
+        finally:
+            if self._budget is not None:
+                self.proofs.spend(ip, allowed - self._budget[1][0], now)
+                self._budget = None
 
     def _heard_query(self, node_id: InfoHash, addr: Addr, now: float) -> None:
         """A newcomer that queries us is pinged once, so it can become good and be shared."""
@@ -446,6 +516,7 @@ class DhtEngine:
         known = table.find(node_id) is not None
         node = table.update(node_id, addr, now, 1)
         if node is not None and not known and not node.is_good(now):
+            self._note_challenge(addr, now)   # this ping also proves an unproven source
             self.ping(addr, now, node)
 
     def _serve_ping(self, msg: Message, addr: Addr, now: float) -> None:
@@ -483,7 +554,8 @@ class DhtEngine:
 
     @staticmethod
     def _capped(values: list[Value]) -> list[Value]:
-        out, size = [], 0
+        out: list[Value] = []
+        size = 0
         for v in values[:MAX_REPLY_VALUES]:
             size += v.size() + len(v.owner or b"") + 64      # ~ its packed size
             if out and size > MAX_REPLY_BYTES:
@@ -502,7 +574,13 @@ class DhtEngine:
         if not self.tokens.check(msg.token, addr):
             self._error(msg, addr, UNAUTHORIZED, f"{what} with wrong token")
             return False
+        self._proven(addr, self.now)     # it received the reply that carried the token
         return True
+
+    def _proven(self, addr: Addr, now: float) -> None:
+        self.proofs.prove(addr[0], now)
+        if self._budget is not None and self._budget[0][0] == addr[0]:
+            self._budget = None
 
     def _serve_put(self, msg: Message, addr: Addr, now: float) -> None:
         if not self._check_write(msg, addr, "Put"):
@@ -657,6 +735,7 @@ class DhtEngine:
     def _finish_request(self, req: Request, msg: Message, addr: Addr, now: float) -> None:
         req.done = True
         del self.requests[req.tid]
+        self._proven(addr, now)          # it echoed a tid we sent to that address
         if msg.client:
             return
         node = self.tables[family_of(addr)].update(msg.id, addr, now, 2)

@@ -18,7 +18,7 @@ from sipdht.dht.engine import (
 from sipdht.dht.fragments import MTU
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.messages import encode_reply, pack_nodes
-from sipdht.dht.values import Value, pack
+from sipdht.dht.values import Value, pack, packb
 from tests.unit.test_engine import (
     ME,
     OTHER,
@@ -167,7 +167,7 @@ def test_get_on_a_poisoned_key_returns_the_genuine_value() -> None:
 def test_plain_get_reply_is_capped_and_fair_to_sources() -> None:
     """One burst per get, whatever is stored: a few values, at most a few tens of KB, and
     a value from a lone source is in it even after 1,000 from another."""
-    e = engine()
+    e = engine(prove=False)
     poison(e, many_sources=False)
     genuine = Value(id=7, data=b"genuine")
     e.storage.store(H, genuine, T0 + 1, source="203.0.113.99")
@@ -185,7 +185,7 @@ def test_plain_get_reply_is_capped_and_fair_to_sources() -> None:
 
 
 def test_id_listing_is_capped() -> None:
-    e = engine()
+    e = engine(prove=False)
     poison(e)
     for i in range(200):
         e.storage.store(H, junk(JUNK + i), T0, source="198.51.100.250")
@@ -227,3 +227,76 @@ def test_silent_close_nodes_do_not_kill_a_search() -> None:
     run_until(net, T0, lambda: got.extend(events(cli)) or any(
         isinstance(x, ev.PutDone) for x in got))
     assert [x for x in got if isinstance(x, ev.PutDone)] == [ev.PutDone(op, 1)]
+
+
+# --- 4. reflection amplification ------------------------------------------------------------
+
+VICTIM = ("198.51.100.66", 53)
+
+
+def sent_to(outs: list, addr) -> int:
+    return sum(len(o.raw) for o in outs if o.dst == addr)
+
+
+def with_good_nodes(e: DhtEngine, count: int = 16) -> None:
+    """Good IPv4 and IPv6 nodes, so find/get replies carry full node lists."""
+    for i in range(count):
+        v6 = i % 2 == 1
+        addr = (f"2001:db8::{i + 1:x}", 4222) if v6 else (f"203.0.113.{100 + i}", 4222)
+        e.ping(addr, T0)
+        [ping] = [o for o in drain(e, maintenance=True) if o.dst == addr]
+        e.receive_datagram(encode_reply(ping.msg.tid, {"id": InfoHash(bytes([0x30 + i]) * 20)}),
+                           addr, T0)
+    drain(e, maintenance=True)
+
+
+def test_spoofed_get_is_not_amplified() -> None:
+    """A 76-byte get naming a victim's address used to send it every value of the key."""
+    e = engine(prove=False)
+    poison(e)
+    with_good_nodes(e)
+    data = query("get", 5, h=H, w=[2, 10])
+    e.receive_datagram(data, VICTIM, T0)
+    out = drain(e, maintenance=True)
+    assert sent_to(out, VICTIM) <= 3 * len(data), (len(data), sent_to(out, VICTIM))
+
+
+def test_spoofed_find_is_not_amplified_but_still_answered() -> None:
+    e = engine(prove=False)
+    with_good_nodes(e)
+    data = query("find", 5, target=H, w=[2, 10])
+    e.receive_datagram(data, VICTIM, T0)
+    out = drain(e, maintenance=True)
+    replies = [o for o in out if o.dst == VICTIM and o.obj.get("y") == "r"]
+    assert len(replies) == 1 and len(replies[0].obj["r"]["token"]) == 32
+    assert sent_to(out, VICTIM) <= 3 * len(data)
+
+
+def test_many_spoofed_queries_get_a_bounded_byte_budget() -> None:
+    e = engine(prove=False)
+    with_good_nodes(e)
+    total_in = total_out = 0
+    for i in range(1000):
+        data = query("find", i + 1, sender=InfoHash(bytes([9]) * 19 + bytes([i % 256])),
+                     target=InfoHash(bytes([i % 256]) * 20), w=[2, 10])
+        total_in += len(data)
+        e.receive_datagram(data, VICTIM, T0 + i * 0.001)
+        total_out += sent_to(drain(e, T0, maintenance=True), VICTIM)
+    assert total_out <= 3 * total_in
+    assert total_out <= 64 * 1024, total_out          # about one second's worth
+
+
+def test_proven_address_gets_the_values() -> None:
+    """An address that answered our ping (or wrote with a valid token) is served in full;
+    an unproven one is pinged, and its retry, once proven, gets everything."""
+    e = engine(prove=False)
+    big = Value(id=3, data=b"v" * 1500)
+    e.storage.store(H, big, T0)
+    data = query("get", 5, h=H)
+    e.receive_datagram(data, A, T0)
+    out = drain(e, maintenance=True)
+    assert sent_to(out, A) <= 3 * len(data)
+    [ping] = [o for o in out if o.obj.get("q") == "ping"]
+    e.receive_datagram(encode_reply(ping.msg.tid, {"id": OTHER}), A, T0 + 0.01)
+    outs = feed(e, data, A, T0 + 0.5)                  # the requester's retry
+    assert outs and outs[0].msg.value_sizes == [len(packb(big))]
