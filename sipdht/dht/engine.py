@@ -60,7 +60,7 @@ from .search import (
     Search,
     SearchNode,
 )
-from .storage import EditPolicy, Listener, Storage, StoreStatus
+from .storage import LISTENER_EXPIRE_TIME, EditPolicy, Listener, Storage, StoreStatus
 from .tokens import Tokens
 from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, type_expiration
 
@@ -85,6 +85,9 @@ MAX_REPLY_IDS = 1024                # rows of a select reply (~10 bytes each)
 MAX_VALUES_PER_SOURCE = 64
 MAX_BYTES_PER_SOURCE = 256 * 1024
 ID_SEQ = (FIELD_ID, FIELD_SEQ)
+# Listeners we serve (OpenDHT has no cap): one IP cannot make a put fan out to thousands.
+MAX_LISTENERS_PER_IP = 256
+MAX_LISTENERS_PER_KEY = 128
 CHALLENGE_INTERVAL = 5.0    # between two pings proving one unproven source (proofs.py)
 MAX_CHALLENGES = 4096
 
@@ -198,6 +201,9 @@ class DhtEngine:
         self.local_listens: dict[InfoHash, list[ListenOp]] = {}
         self.ops: dict[int, GetOp | PutOp | ListenOp] = {}
         self._sources: dict[InfoHash, dict[str, set[int]]] = {}   # key -> IP -> value ids
+        # IP -> (key, node id, sid) -> last refreshed: the listeners each IP holds here
+        self._ip_listens: dict[str, dict[tuple[InfoHash, bytes, int], float]] = {}
+        self._listens_swept = now
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[ev.Event] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
@@ -649,23 +655,67 @@ class DhtEngine:
         if not self._check_write(msg, addr, "Listen"):
             return
         sid = msg.sid if msg.sid is not None else msg.tid
+        if not self._listen_room(msg.h, msg.id, sid, addr[0], now):
+            self.stats["listen_refused_cap"] += 1      # dropped, like a rate-limited query
+            return
         listener = Listener(msg.id, addr, sid, msg.q or Query(), min(msg.version, 1), now)
         new = self.storage.add_listener(msg.h, listener)
+        self._ip_listens.setdefault(addr[0], {})[(msg.h, msg.id, sid)] = now
         self._reply(msg, addr, {"token": self.tokens.make(addr)})
         values = self._capped(self._fair(msg.h, self.storage.get(msg.h, listener.query, now)))
         if new and values:
             self._push(msg.h, listener, now, values=values)
 
+    def _listen_room(self, key: InfoHash, node_id: bytes, sid: int, ip: str,
+                     now: float) -> bool:
+        """A refresh always; a new listener only under the per-IP and per-key caps."""
+        mine = self._ip_listens.get(ip, {})
+        if (key, node_id, sid) in mine:
+            return True
+        listeners = self.storage.listeners(key)
+        if any(lst.node_id == node_id and lst.sid == sid for lst in listeners):
+            return True
+        if len(mine) >= MAX_LISTENERS_PER_IP:
+            self._sweep_listens(ip, now)
+            if len(self._ip_listens.get(ip, {})) >= MAX_LISTENERS_PER_IP:
+                return False
+        return len(listeners) < MAX_LISTENERS_PER_KEY
+
+    def _sweep_listens(self, ip: str, now: float) -> None:
+        """Forget the listeners storage has expired (same rule as Storage.expire_listeners)."""
+        mine = self._ip_listens.get(ip)
+        if mine is None:
+            return
+        for ident, t in list(mine.items()):
+            if t + LISTENER_EXPIRE_TIME < now:
+                del mine[ident]
+        if not mine:
+            del self._ip_listens[ip]
+
+    def _drop_listener(self, key: InfoHash, lst: Listener) -> None:
+        self.storage.remove_listener(key, lst.node_id, lst.sid)
+        self._ip_listens.get(lst.addr[0], {}).pop((key, lst.node_id, lst.sid), None)
+
     def _serve_update(self, msg: Message, addr: Addr, now: float) -> None:
         self._reply(msg, addr, {})
-        entry = self.listen_sids.get(msg.sid) if msg.sid is not None else None
+        entry = self._listen_entry(msg.sid, addr) if msg.sid is not None else None
         if entry is None:
-            self.stats["update_unknown_sid"] += 1
             return
         search, sn = entry
         if msg.token:
             sn.token = msg.token
         self._listen_notification(search, msg)
+
+    def _listen_entry(self, sid: int, addr: Addr) -> tuple[Search, SearchNode] | None:
+        """The listen a notification is for: its sid, and only from the node it was given to."""
+        entry = self.listen_sids.get(sid)
+        if entry is None:
+            self.stats["update_unknown_sid"] += 1
+            return None
+        if entry[1].listen_addr != addr:
+            self.stats["update_wrong_source"] += 1
+            return None
+        return entry
 
     # --- listeners we serve -----------------------------------------------------------------
 
@@ -696,7 +746,7 @@ class DhtEngine:
             if expired:
                 args["exp"] = expired
             self._request(lst.addr, None, "update", args, now, on_reply=lambda m, t: None,
-                          on_expire=lambda t: self.storage.remove_listener(key, lst.node_id, lst.sid),
+                          on_expire=lambda t: self._drop_listener(key, lst),
                           values=values or None)
             return
         if values:
@@ -712,9 +762,10 @@ class DhtEngine:
     def _on_reply(self, msg: Message, addr: Addr, now: float) -> None:
         req = self.requests.get(msg.tid)
         if req is None or req.addr != addr:
-            entry = self.listen_sids.get(msg.tid)
-            if entry is not None and msg.has_values:      # legacy listen notification
-                self._listen_notification(entry[0], msg)
+            if msg.tid in self.listen_sids and msg.has_values:   # legacy listen notification
+                entry = self._listen_entry(msg.tid, addr)
+                if entry is not None:
+                    self._listen_notification(entry[0], msg)
             else:
                 self.stats["unmatched_reply"] += 1
             return
@@ -746,11 +797,12 @@ class DhtEngine:
         self._check_connectivity(now)
 
     def _on_legacy_update(self, msg: Message, addr: Addr, now: float) -> None:
-        entry = self.listen_sids.get(msg.tid)
-        if entry is None:
+        if msg.tid not in self.listen_sids:
             self.stats["unmatched_reply"] += 1
             return
-        self._listen_notification(entry[0], msg)
+        entry = self._listen_entry(msg.tid, addr)
+        if entry is not None:
+            self._listen_notification(entry[0], msg)
 
     def _listen_notification(self, search: Search, msg: Message) -> None:
         for op in search.listens:
@@ -1033,8 +1085,10 @@ class DhtEngine:
                       on_retry=lambda t: self._slow(search, sn, t))
 
     def _send_listen(self, search: Search, sn: SearchNode, now: float) -> None:
-        if sn.listen_sid is None:
+        if sn.listen_sid is None or sn.listen_addr != sn.node.addr:
+            self.listen_sids.pop(sn.listen_sid or 0, None)
             sn.listen_sid = self._next_tid()
+            sn.listen_addr = sn.node.addr
             self.listen_sids[sn.listen_sid] = (search, sn)
         sn.listen_pending = True
         sid = sn.listen_sid
@@ -1151,6 +1205,10 @@ class DhtEngine:
             self._forget_sources(key, vids)
             self._notify(key, now, expired=vids)
         self.storage.expire_listeners(now)
+        if now - self._listens_swept > LISTENER_EXPIRE_TIME:
+            self._listens_swept = now
+            for ip in list(self._ip_listens):
+                self._sweep_listens(ip, now)
         self.reassembler.expire(now)
         self.stats["dropped_fragments"] = self.reassembler.dropped
         self._expire_listen_caches(now)

@@ -40,6 +40,7 @@ class SearchNode:
     failed: bool = False
     slow: bool = False          # a request to it timed out once: do not wait for it
     listen_sid: int | None = None
+    listen_addr: tuple[str, int] | None = None    # where the sid was given: updates from there only
     listen_pending: bool = False
     listen_time: float = float("-inf")
     acked: dict[int, float] = field(default_factory=dict)    # put op id -> time acknowledged

@@ -9,6 +9,8 @@ from collections import Counter
 
 from sipdht.dht import events as ev
 from sipdht.dht.engine import (
+    MAX_LISTENERS_PER_IP,
+    MAX_LISTENERS_PER_KEY,
     MAX_REPLY_BYTES,
     MAX_REPLY_IDS,
     MAX_REPLY_VALUES,
@@ -17,7 +19,7 @@ from sipdht.dht.engine import (
 )
 from sipdht.dht.fragments import MTU
 from sipdht.dht.infohash import InfoHash
-from sipdht.dht.messages import encode_reply, pack_nodes
+from sipdht.dht.messages import encode_query, encode_reply, pack_nodes
 from sipdht.dht.values import Value, pack, packb
 from tests.unit.test_engine import (
     ME,
@@ -27,6 +29,7 @@ from tests.unit.test_engine import (
     B,
     H,
     Net,
+    connected_pair,
     drain,
     engine,
     events,
@@ -300,3 +303,81 @@ def test_proven_address_gets_the_values() -> None:
     e.receive_datagram(encode_reply(ping.msg.tid, {"id": OTHER}), A, T0 + 0.01)
     outs = feed(e, data, A, T0 + 0.5)                  # the requester's retry
     assert outs and outs[0].msg.value_sizes == [len(packb(big))]
+
+
+# --- 5. listens: socket ids, spoofed updates, listeners per IP and per key ------------------
+
+
+def listening_pair() -> tuple[Net, DhtEngine, DhtEngine, int]:
+    net, srv, cli = connected_pair()
+    op = cli.listen(H, T0)
+    net.pump(T0)
+    events(cli)
+    return net, srv, cli, op
+
+
+def test_listen_socket_ids_are_not_sequential() -> None:
+    net, srv, cli = connected_pair()
+    for i in range(8):
+        cli.listen(InfoHash(bytes([i]) * 20), T0)
+    net.pump(T0)
+    sids = sorted(cli.listen_sids)
+    assert len(sids) == 8
+    assert all(b - a > 1000 for a, b in zip(sids, sids[1:], strict=False)), sids
+
+
+def test_update_from_another_address_is_ignored() -> None:
+    """200 spoofed updates carrying the right sid used to inject a value into the listen."""
+    net, srv, cli, op = listening_pair()
+    [sid] = list(cli.listen_sids)
+    forged = Value(id=666, data=b"forged")
+    for i in range(200):
+        for kind in ("update", "legacy"):
+            if kind == "update":
+                data = encode_query("update", 500 + i, {"id": srv.id, "sid": sid, "ve": 1, "h": H,
+                                                       "values": [pack(forged)]})
+            else:
+                data = encode_reply(sid, {"id": srv.id, "values": [pack(forged)]})
+            cli.receive_datagram(data, ("203.0.113.77", 4222), T0)
+    assert [x for x in events(cli) if isinstance(x, ev.ListenValues)] == []
+    assert cli.stats["update_wrong_source"] >= 400
+    # the real storer is still heard
+    real = Value(id=5, data=b"real")
+    cli.receive_datagram(encode_query("update", 900, {"id": srv.id, "sid": sid, "ve": 1, "h": H,
+                                                      "values": [pack(real)]}), net.addr(srv), T0)
+    assert [(x.op, x.values) for x in events(cli) if isinstance(x, ev.ListenValues)] == [
+        (op, [real])]
+
+
+def test_listeners_per_ip_are_capped() -> None:
+    """20,000 listens from one IP, then one put used to fan out to every one of them."""
+    e = engine()
+    ip = "198.51.100.9"
+    accepted = 0
+    for i in range(2000):
+        addr = (ip, 10_000 + i % 50)
+        tok = e.tokens.make(addr)
+        key = InfoHash(bytes([i % 7]) * 20)
+        out = feed(e, query("listen", i + 1, sender=InfoHash(i.to_bytes(20, "big")), h=key,
+                            token=tok, sid=i + 1, ve=1), addr)
+        accepted += sum(1 for o in out if o.obj.get("y") == "r")
+    total = sum(len(e.storage.listeners(InfoHash(bytes([k]) * 20))) for k in range(7))
+    assert total == accepted <= MAX_LISTENERS_PER_IP
+    assert e.stats["listen_refused_cap"] == e.stats["query_listen"] - accepted > 0
+    outs = put(e, [Value(id=1, data=b"x")], addr=B, sender=OTHER, key=InfoHash(bytes([0]) * 20))
+    assert len([o for o in outs if o.obj.get("q") == "update"]) <= MAX_LISTENERS_PER_KEY
+
+
+def test_listeners_per_key_are_capped() -> None:
+    e = engine()
+    for i in range(MAX_LISTENERS_PER_KEY + 50):
+        addr = (f"198.51.{100 + i // 250}.{i % 250 + 1}", 4222)
+        e.proofs.prove(addr[0], T0)
+        feed(e, query("listen", i + 1, sender=InfoHash((i + 1).to_bytes(20, "big")), h=H,
+                      token=e.tokens.make(addr), sid=7, ve=1), addr)
+    assert len(e.storage.listeners(H)) == MAX_LISTENERS_PER_KEY
+    # a listener already in is refreshed, not refused
+    addr = ("198.51.100.1", 4222)
+    [ack] = feed(e, query("listen", 9999, sender=InfoHash((1).to_bytes(20, "big")), h=H,
+                          token=e.tokens.make(addr), sid=7, ve=1), addr, T0 + 5)
+    assert ack.obj["y"] == "r"
