@@ -27,7 +27,7 @@ KEY = InfoHash.from_key("poisoned-inbox")
 
 
 def _token(sock: socket.socket, port: int, me: bytes) -> bytes | None:
-    sock.sendto(msgpack.packb({"y": "q", "q": "get", "t": 1, "a": {"id": me, "h": KEY}},
+    sock.sendto(msgpack.packb({"y": "q", "q": "find", "t": 1, "a": {"id": me, "target": KEY}},
                               use_bin_type=True), ("127.0.0.1", port))
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
