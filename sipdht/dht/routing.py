@@ -141,8 +141,12 @@ class RoutingTable:
     def _refresh(
         self, bucket: Bucket, node: Node, addr: tuple[str, int], now: float, confirm: int
     ) -> None:
-        """Only first-hand contact may change an address: a gossiped one could be stale or forged."""
+        """Only first-hand contact may change an address: a gossiped one could be stale or
+        forged. A query's source can be spoofed too, so a query moves a node only once it no
+        longer answers at its address; a reply (it echoed our tid) always may."""
         if confirm < 1:
+            return
+        if confirm == 1 and addr != node.addr and node.is_good(now):
             return
         node.addr = addr
         node.heard(now, reply=confirm == 2)

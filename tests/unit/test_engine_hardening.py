@@ -381,3 +381,20 @@ def test_listeners_per_key_are_capped() -> None:
     [ack] = feed(e, query("listen", 9999, sender=InfoHash((1).to_bytes(20, "big")), h=H,
                           token=e.tokens.make(addr), sid=7, ve=1), addr, T0 + 5)
     assert ack.obj["y"] == "r"
+
+
+# --- found on the way: a query cannot move a good node's address ----------------------------
+
+
+def test_query_claiming_a_good_nodes_id_does_not_move_it() -> None:
+    """One spoofed ping carrying a good node's id used to redirect that id to the sender."""
+    e = engine()
+    e.ping(B, T0)
+    [ping] = drain(e, maintenance=True)
+    feed(e, encode_reply(ping.msg.tid, {"id": OTHER}), B)
+    feed(e, query("ping", 9, sender=OTHER), ("198.51.100.200", 666), T0 + 1)
+    assert e.tables[4].find(OTHER).addr == B
+    # a node that stopped answering may come back from a new address
+    e.tables[4].find(OTHER).failures = 3
+    feed(e, query("ping", 10, sender=OTHER), ("203.0.113.21", 5001), T0 + 2)
+    assert e.tables[4].find(OTHER).addr == ("203.0.113.21", 5001)
