@@ -88,6 +88,10 @@ ID_SEQ = (FIELD_ID, FIELD_SEQ)
 # Listeners we serve (OpenDHT has no cap): one IP cannot make a put fan out to thousands.
 MAX_LISTENERS_PER_IP = 256
 MAX_LISTENERS_PER_KEY = 128
+# An address that let a request expire is left out of every search for this long.
+UNREACHABLE_TIME = 120.0
+SUSPECT_TIME = 5.0          # after a first timeout only (a reply clears either at once)
+MAX_UNREACHABLE = 4096
 CHALLENGE_INTERVAL = 5.0    # between two pings proving one unproven source (proofs.py)
 MAX_CHALLENGES = 4096
 
@@ -193,6 +197,7 @@ class DhtEngine:
         self._budget: tuple[Addr, list[int]] | None = None   # (unproven source, bytes left)
         self._rx_bytes = 0
         self._challenged: dict[Addr, float] = {}     # unproven sources we pinged, and when
+        self._unreachable: dict[Addr, float] = {}    # address -> until when searches skip it
         self.reassembler = Reassembler()
         self.stats: Counter[str] = Counter()
         self.searches: dict[int, dict[InfoHash, Search]] = {4: {}, 6: {}}
@@ -378,6 +383,8 @@ class DhtEngine:
         if req.done:
             return
         if req.attempts < MAX_ATTEMPTS:
+            if req.attempts == 1:
+                self._mark_unreachable(req.addr, now, SUSPECT_TIME)
             req.attempts += 1
             req.wait = req.wait * 2 + self.rng.uniform(0, 0.25)
             for d in req.datagrams:
@@ -389,9 +396,27 @@ class DhtEngine:
         req.done = True
         self.requests.pop(req.tid, None)
         self.stats["requests_expired"] += 1
+        self._mark_unreachable(req.addr, now)
         if req.node is not None:
             req.node.failures = MAX_FAILURES
         req.on_expire(now)
+
+    def _mark_unreachable(self, addr: Addr, now: float, duration: float = UNREACHABLE_TIME) -> None:
+        """Shared by all searches, so the next one does not wait on this address again."""
+        if addr not in self._unreachable and len(self._unreachable) >= MAX_UNREACHABLE:
+            self._unreachable = {a: t for a, t in self._unreachable.items() if t > now}
+            while len(self._unreachable) >= MAX_UNREACHABLE:
+                del self._unreachable[next(iter(self._unreachable))]
+        self._unreachable[addr] = max(self._unreachable.get(addr, now), now + duration)
+
+    def _reachable(self, node: Node, now: float) -> bool:
+        until = self._unreachable.get(node.addr)
+        if until is None:
+            return True
+        if until <= now:
+            del self._unreachable[node.addr]
+            return True
+        return False
 
     def _reassemble(self, msg: Message, addr: Addr, now: float) -> Message | None:
         if msg.kind == "p":
@@ -787,6 +812,7 @@ class DhtEngine:
         req.done = True
         del self.requests[req.tid]
         self._proven(addr, now)          # it echoed a tid we sent to that address
+        self._unreachable.pop(addr, None)
         if msg.client:
             return
         node = self.tables[family_of(addr)].update(msg.id, addr, now, 2)
@@ -872,9 +898,13 @@ class DhtEngine:
         if len(search.live()) >= TARGET_NODES:
             return
         for node in self.tables[search.family].closest(search.target, 14, now):
-            search.insert(node)
+            if self._reachable(node, now):
+                search.insert(node)
 
     def _step(self, search: Search, now: float) -> None:
+        for sn in search.nodes:   # timing out elsewhere: not waited on (slow) until it answers
+            if not sn.failed and not sn.pending:
+                sn.slow = not self._reachable(sn.node, now)
         self._refill(search, now)
         live = search.live()
         inflight = search.in_flight()
@@ -946,7 +976,7 @@ class DhtEngine:
         if msg.token:
             sn.token, sn.last_reply = msg.token, now
         for node in self._learn(msg, sn.node.addr, now):
-            if family_of(node.addr) == search.family:
+            if family_of(node.addr) == search.family and self._reachable(node, now):
                 search.insert(node, sn.depth + 1)
         if msg.fields is not None:
             self._listed(search, sn, msg.fields)

@@ -270,3 +270,34 @@ def test_values_survive_churn_and_new_ones_are_found():
         failures += describe_failures(results, value)
     assert not failures, "values put before the churn:\n" + "\n".join(failures)
     assert sim.stats["dropped_down"] > 0
+
+
+def test_searches_do_not_wait_again_on_a_node_that_timed_out():
+    """Searches share what they learnt: an address that let a request expire is skipped
+    by the next searches for a while, instead of being asked (and waited on) again."""
+    sim = build(150, seed=16)
+    node = sim.nodes[0]
+    crashed = {n.addr for n in sim.churn(0.3, exclude=[node])}
+    asked: dict = {}
+    pump = node.engine.datagrams_to_send
+
+    def counting(now: float) -> list:
+        out = pump(now)
+        for data, addr in out:
+            if addr in crashed and b"\xa1y\xa1q" in data:
+                asked.setdefault(addr, []).append(now)
+        return out
+
+    node.engine.datagrams_to_send = counting           # type: ignore[method-assign]
+    latencies = []
+    for _ in range(30):
+        key = InfoHash(sim.rng.randbytes(20))
+        start = sim.now
+        sim.get(node, key, timeout=60)
+        latencies.append(sim.now - start)
+    # one request is 3 datagrams (attempts); a second request within a minute is a re-wait
+    rewaited = {a: ts for a, ts in asked.items() if len(ts) > 3 and ts[3] - ts[0] < 60}
+    print(f"\nget latency after 30% churn: first 10 {summarize(latencies[:10])['median']:.3f}s, "
+          f"last 20 {summarize(latencies[10:])['median']:.3f}s; dead addresses asked "
+          f"{len(asked)}, asked again {len(rewaited)}")
+    assert not rewaited, f"{len(rewaited)} dead addresses asked again: {list(rewaited.items())[:3]}"
