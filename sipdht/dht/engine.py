@@ -259,14 +259,14 @@ class DhtEngine:
         if msg.network != self.network:
             self.stats["dropped_network"] += 1
             return
-        msg = self._reassemble(msg, addr, now)
-        if msg is None:
+        whole = self._reassemble(msg, addr, now)
+        if whole is None:
             return
-        if msg.id is None or msg.id == ZERO or msg.id == self.id:
+        if whole.id is None or whole.id == ZERO or whole.id == self.id:
             self.stats["dropped_bad_id"] += 1
             return
         {"q": self._on_query, "r": self._on_reply, "e": self._on_error,
-         "u": self._on_legacy_update}[msg.kind](msg, addr, now)
+         "u": self._on_legacy_update}[whole.kind](whole, addr, now)
 
     # --- operations -------------------------------------------------------------------------
 
@@ -521,6 +521,9 @@ class DhtEngine:
                 learnt.append(node if node is not None else Node(nid, naddr))
         return learnt
 
+    def _learn_from(self, addr: Addr, msg: Message, now: float) -> None:
+        self._learn(msg, addr, now)
+
     # --- serving queries --------------------------------------------------------------------
 
     def _on_query(self, msg: Message, addr: Addr, now: float) -> None:
@@ -533,7 +536,7 @@ class DhtEngine:
             allowed = self.proofs.allowance(ip, self._rx_bytes, now)
             self._budget = (addr, [allowed])
         try:
-            if not msg.client:
+            if not msg.client and msg.id is not None:
                 self._heard_query(msg.id, addr, now)
             getattr(self, f"_serve_{msg.query}")(msg, addr, now)
         finally:
@@ -598,15 +601,16 @@ class DhtEngine:
     def _select(q: Query, values: list[Value]) -> dict[str, Any]:
         return {"f": list(q.select), "v": [x for v in values for x in q.field_values(v)]}
 
-    def _check_write(self, msg: Message, addr: Addr, what: str) -> bool:
+    def _check_write(self, msg: Message, addr: Addr, what: str) -> InfoHash | None:
+        """The key a put/refresh/listen writes to, or None (and an error sent)."""
         if msg.h is None:
             self._error(msg, addr, NON_AUTHORITATIVE_INFORMATION, f"{what} with no info_hash")
-            return False
+            return None
         if not self.tokens.check(msg.token, addr):
             self._error(msg, addr, UNAUTHORIZED, f"{what} with wrong token")
-            return False
+            return None
         self._proven(addr, self.now)     # it received the reply that carried the token
-        return True
+        return msg.h
 
     def _proven(self, addr: Addr, now: float) -> None:
         self.proofs.prove(addr[0], now)
@@ -614,14 +618,15 @@ class DhtEngine:
             self._budget = None
 
     def _serve_put(self, msg: Message, addr: Addr, now: float) -> None:
-        if not self._check_write(msg, addr, "Put"):
+        key = self._check_write(msg, addr, "Put")
+        if key is None:
             return
         if not msg.values or any(v.id == 0 for v in msg.values):
             return self._error(msg, addr, NON_AUTHORITATIVE_INFORMATION, "Put with invalid id")
         created = None if msg.created is None else msg.created - self.epoch_offset
         for value in msg.values:
             if not self.client_only:
-                self._store_remote(msg.h, value, now, addr[0], created)
+                self._store_remote(key, value, now, addr[0], created)
             # OpenDHT answers success even when it refuses to store.
             self._reply(msg, addr, {"vid": value.id})
 
@@ -656,6 +661,17 @@ class DhtEngine:
                 size += sv.value.size()
         return len(vids) < MAX_VALUES_PER_SOURCE and size <= MAX_BYTES_PER_SOURCE
 
+    def _sweep_sources(self) -> None:
+        """Drop index entries for values storage no longer holds from that IP, however it
+        dropped them (expiry and quota are reported; anything else is caught here)."""
+        for key, by_ip in list(self._sources.items()):
+            for ip, ids in list(by_ip.items()):
+                for vid in list(ids):
+                    sv = self.storage.get_stored(key, vid)
+                    if sv is None or sv.source != ip:
+                        ids.discard(vid)
+            self._forget_sources(key, [])
+
     def _forget_sources(self, key: InfoHash, vids: list[int]) -> None:
         by_ip = self._sources.get(key)
         if by_ip is None:
@@ -668,28 +684,30 @@ class DhtEngine:
             del self._sources[key]
 
     def _serve_refresh(self, msg: Message, addr: Addr, now: float) -> None:
-        if not self._check_write(msg, addr, "Refresh"):
+        key = self._check_write(msg, addr, "Refresh")
+        if key is None:
             return
-        found = self.storage.refresh(msg.h, msg.vid or 0, now)
+        found = self.storage.refresh(key, msg.vid or 0, now)
         if found is None:
             return self._error(msg, addr, NOT_FOUND, "Access operation for unknown storage")
         self._reply(msg, addr, {"vid": msg.vid or 0})
-        self._notify(msg.h, now, refreshed=[msg.vid or 0])
+        self._notify(key, now, refreshed=[msg.vid or 0])
 
     def _serve_listen(self, msg: Message, addr: Addr, now: float) -> None:
-        if not self._check_write(msg, addr, "Listen"):
+        key = self._check_write(msg, addr, "Listen")
+        if key is None or msg.id is None:
             return
         sid = msg.sid if msg.sid is not None else msg.tid
-        if not self._listen_room(msg.h, msg.id, sid, addr[0], now):
+        if not self._listen_room(key, msg.id, sid, addr[0], now):
             self.stats["listen_refused_cap"] += 1      # dropped, like a rate-limited query
             return
         listener = Listener(msg.id, addr, sid, msg.q or Query(), min(msg.version, 1), now)
-        new = self.storage.add_listener(msg.h, listener)
-        self._ip_listens.setdefault(addr[0], {})[(msg.h, msg.id, sid)] = now
+        new = self.storage.add_listener(key, listener)
+        self._ip_listens.setdefault(addr[0], {})[(key, msg.id, sid)] = now
         self._reply(msg, addr, {"token": self.tokens.make(addr)})
-        values = self._capped(self._fair(msg.h, self.storage.get(msg.h, listener.query, now)))
+        values = self._capped(self._fair(key, self.storage.get(key, listener.query, now)))
         if new and values:
-            self._push(msg.h, listener, now, values=values)
+            self._push(key, listener, now, values=values)
 
     def _listen_room(self, key: InfoHash, node_id: bytes, sid: int, ip: str,
                      now: float) -> bool:
@@ -813,7 +831,7 @@ class DhtEngine:
         del self.requests[req.tid]
         self._proven(addr, now)          # it echoed a tid we sent to that address
         self._unreachable.pop(addr, None)
-        if msg.client:
+        if msg.client or msg.id is None:
             return
         node = self.tables[family_of(addr)].update(msg.id, addr, now, 2)
         if req.node is None:
@@ -1214,9 +1232,8 @@ class DhtEngine:
         for fam in self.families:
             table = self.tables[fam]
             for target, node in table.stale_buckets(now)[:4]:
-                addr = node.addr
-                self._request(addr, node, "find", {"target": target}, now,
-                              on_reply=lambda m, t, a=addr: self._learn(m, a, t))
+                self._request(node.addr, node, "find", {"target": target}, now,
+                              on_reply=functools.partial(self._learn_from, node.addr))
             for node in table.dubious(now)[:4]:
                 self.ping(node.addr, now, node)
         if 0 < len(good) < TARGET_NODES:
@@ -1239,6 +1256,7 @@ class DhtEngine:
             self._listens_swept = now
             for ip in list(self._ip_listens):
                 self._sweep_listens(ip, now)
+            self._sweep_sources()
         self.reassembler.expire(now)
         self.stats["dropped_fragments"] = self.reassembler.dropped
         self._expire_listen_caches(now)

@@ -219,15 +219,14 @@ class SimNetwork:
 
     def _dispatch(self, node: SimNode, event: ev.Event) -> None:
         node.events.append(event)
-        kind = type(event)
-        if kind is ev.GetValues:
+        if isinstance(event, ev.GetValues):
             node.values.setdefault(event.op, []).extend(event.values)
-        elif kind is ev.GetDone or kind is ev.PutDone:
+        elif isinstance(event, ev.GetDone | ev.PutDone):
             node.done[event.op] = event
             node.finished[event.op] = self.now
-        elif kind is ev.ListenValues:
+        elif isinstance(event, ev.ListenValues):
             node.listened.setdefault(event.op, []).append(event)
-        elif kind is ev.Connectivity:
+        elif isinstance(event, ev.Connectivity):
             node.connected = event.good_nodes > 0
         for callback in node.callbacks:
             callback(node, event)
