@@ -409,6 +409,9 @@ class DhtEngine:
                 del self._unreachable[next(iter(self._unreachable))]
         self._unreachable[addr] = max(self._unreachable.get(addr, now), now + duration)
 
+    def _unreachable_node(self, now: float, node: Node) -> bool:
+        return not self._reachable(node, now)
+
     def _reachable(self, node: Node, now: float) -> bool:
         until = self._unreachable.get(node.addr)
         if until is None:
@@ -915,9 +918,9 @@ class DhtEngine:
     def _refill(self, search: Search, now: float) -> None:
         if len(search.live()) >= TARGET_NODES:
             return
-        for node in self.tables[search.family].closest(search.target, 14, now):
-            if self._reachable(node, now):
-                search.insert(node)
+        unreachable = functools.partial(self._unreachable_node, now)
+        for node in self.tables[search.family].closest(search.target, 14, now, skip=unreachable):
+            search.insert(node)
 
     def _step(self, search: Search, now: float) -> None:
         for sn in search.nodes:   # timing out elsewhere: not waited on (slow) until it answers

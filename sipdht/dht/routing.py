@@ -210,15 +210,17 @@ class RoutingTable:
     # -- queries --------------------------------------------------------------
 
     def closest(
-        self, target: bytes, count: int = K, now: float | None = None, good_only: bool = False
+        self, target: bytes, count: int = K, now: float | None = None, good_only: bool = False,
+        skip: Callable[[Node], bool] | None = None,
     ) -> list[Node]:
-        """The `count` usable nodes nearest to target by XOR distance, nearest first.
+        """The `count` usable nodes (not `skip`ped) nearest to target by XOR distance, nearest first.
 
         Bucket ranges are aligned blocks, so their XOR-distance intervals are disjoint:
         visiting buckets by increasing minimum distance and stopping once `count` nodes
         are collected is exact and touches only a few buckets.
         """
-        keep = self._filter(now, good_only)
+        usable = self._filter(now, good_only)
+        keep = usable if skip is None else (lambda n: usable(n) and not skip(n))
         t = int.from_bytes(target, "big")
         found: list[Node] = []
         for bucket in sorted(self.buckets, key=lambda b: b.min_distance(t)):

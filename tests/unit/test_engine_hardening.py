@@ -398,3 +398,20 @@ def test_query_claiming_a_good_nodes_id_does_not_move_it() -> None:
     e.tables[4].find(OTHER).failures = 3
     feed(e, query("ping", 10, sender=OTHER), ("203.0.113.21", 5001), T0 + 2)
     assert e.tables[4].find(OTHER).addr == ("203.0.113.21", 5001)
+
+
+def test_search_looks_past_unreachable_close_nodes() -> None:
+    """When the 14 closest known nodes are all suspected unreachable, a new search still
+    starts with the next reachable ones instead of failing at once."""
+    net, srv, cli = lossy_pair(bytes(H)[:-1] + bytes([bytes(H)[-1] ^ 1]))
+    for i in range(40):
+        nid = InfoHash(bytes(H)[:2] + bytes([i * 6]) + bytes(17))
+        cli.receive_datagram(query("ping", 50 + i, sender=nid), (f"198.51.100.{i + 1}", 4222), T0)
+    cli.datagrams_to_send(T0)
+    cli.handle_timer(T0 + 0.6)              # their pings time out once: suspected unreachable
+    cli.datagrams_to_send(T0 + 0.6)
+    op = cli.put(H, Value(id=7, data=b"x"), T0 + 0.6)
+    got: list = []
+    run_until(net, T0 + 0.6, lambda: got.extend(events(cli)) or any(
+        isinstance(x, ev.PutDone) for x in got))
+    assert [x for x in got if isinstance(x, ev.PutDone)] == [ev.PutDone(op, 1)]
