@@ -170,7 +170,7 @@ def table(rows: list[list[str]]) -> str:
 
 
 def path_type(types: list[str] | tuple[str, str]) -> str:
-    """As sipdht.link.path_type: relay if either side is relayed, srflx/prflx -> srflx, else host."""
+    """As sipdht.v1.ice.path_type: relay if either side is relayed, srflx/prflx -> srflx, else host."""
     if "relay" in types:
         return "relay"
     if "srflx" in types or "prflx" in types:

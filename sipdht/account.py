@@ -102,6 +102,9 @@ class Link(Protocol):
     async def recv(self, channel: int, timeout: float | None = None) -> bytes:
         """The next message on `channel`; raises LinkClosed or TimeoutError."""
 
+    def send_nowait(self, channel: int, message: bytes) -> None:
+        """Send from a synchronous callback (a media relay): no task when the path allows."""
+
     def on_message(self, channel: int, handler: Callable[[bytes], None] | None) -> None:
         """Deliver `channel`'s messages to `handler` as they arrive (no queue, for media)."""
 
@@ -139,7 +142,10 @@ class AccountType(Protocol):
     """One way of being reachable by account id (protocol v1, Jami, ...)."""
 
     name: str                        # e.g. "sipdht/1"
-    account: str                     # our own account id
+
+    @property
+    def account(self) -> str:        # our own account id
+        ...
 
     async def resolve(self, account: str) -> list[Device]:
         """The account's devices (online or not); [] when nothing is published."""

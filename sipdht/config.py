@@ -20,6 +20,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path("~/.local/share/sipdht")
+# The public OpenDHT network's bootstrap, as used by dhtnode's examples and Jami (port 4222).
+PUBLIC_BOOTSTRAP = ("bootstrap.jami.net", 4222)
 ACCOUNT_ID_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -159,13 +161,21 @@ def account_list(raw: str, _base: Path) -> list[str]:
     return [account_id(item) for item in split_list(raw)]
 
 
-def url_list(scheme: str) -> Parser:
-    def parse(raw: str, _base: Path) -> list[str]:
-        items = split_list(raw)
-        for item in items:
-            if not item.startswith(scheme + ":"):
-                raise _Invalid(f"{scheme}:HOST[:PORT] URLs separated by commas")
-        return items
+def server_list(scheme: str, default_port: int) -> Parser:
+    """`stun:HOST[:PORT]` / `turn:[IPV6]:PORT` URLs (RFC 7064/7065) -> [(host, port)]."""
+    def parse(raw: str, _base: Path) -> list[tuple[str, int]]:
+        out = []
+        for item in split_list(raw):
+            scheme_, _, rest = item.partition(":")
+            rest = rest.split("?", 1)[0]          # ?transport=udp: UDP is all aioice uses here
+            if scheme_.lower() != scheme or not rest:
+                raise _Invalid(f"{scheme}:HOST[:PORT] URLs separated by commas ('{item}' is not one)")
+            try:
+                out.append(parse_hostport(rest, default_port))
+            except _Invalid:
+                raise _Invalid(f"{scheme}:HOST[:PORT] or {scheme}:[IPV6]:PORT URLs "
+                               f"('{item}' is not one)") from None
+        return out
 
     return parse
 
@@ -187,7 +197,8 @@ class DhtConfig:
     bind6: str = _opt("::", text)
     ipv4: bool = _opt(True, boolean)
     ipv6: bool = _opt(True, boolean)
-    bootstrap: list[tuple[str, int]] = _opt(list, hostport_list(4222), factory=True)
+    bootstrap: list[tuple[str, int]] = _opt(lambda: [PUBLIC_BOOTSTRAP], hostport_list(4222),
+                                            factory=True)
     network: int = _opt(0, int_range(0, 2**32 - 1))
     state_file: Path | None = _opt(None, path)
     rate_limit: bool = _opt(True, boolean)
@@ -197,12 +208,13 @@ class DhtConfig:
 
 @dataclass
 class IceConfig:
-    stun: list[str] = _opt(list, url_list("stun"), factory=True)
-    turn: list[str] = _opt(list, url_list("turn"), factory=True)
+    stun: list[tuple[str, int]] = _opt(list, server_list("stun", 3478), factory=True)
+    turn: list[tuple[str, int]] = _opt(list, server_list("turn", 3478), factory=True)
     turn_username: str = _opt("", text)
     turn_password: str = _opt("", text)
     host_addresses: list[str] = _opt(list, ip_list, factory=True)
     timeout: float = _opt(15.0, float_range(1, 300))
+    idle_timeout: float = _opt(300.0, float_range(0, 86400))
 
 
 @dataclass
@@ -290,14 +302,18 @@ def _load_contacts(items: dict[str, str], source: Path) -> dict[str, str]:
     return contacts
 
 
+class _CaseKeepingParser(configparser.ConfigParser):
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr   # aliases in [contacts] keep their case
+
+
 def load_config(source: str | Path | None) -> Config:
     """Read an INI file; None gives the embedded defaults."""
     config = Config()
     if source is None:
         return config
     source = Path(source)
-    parser = configparser.ConfigParser(interpolation=None, default_section="\x00none")
-    parser.optionxform = str  # aliases in [contacts] keep their case
+    parser = _CaseKeepingParser(interpolation=None, default_section="\x00none")
     try:
         with open(source, encoding="utf-8") as fh:
             parser.read_file(fh)

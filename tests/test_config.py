@@ -28,7 +28,7 @@ def test_shipped_config_is_valid_and_documents_every_option(caplog):
 
 def test_defaults_without_file():
     cfg = load_config(None)
-    assert cfg.dht.bootstrap == [] and cfg.policy.unknown == "accept"
+    assert cfg.dht.bootstrap == [("bootstrap.jami.net", 4222)] and cfg.policy.unknown == "accept"
     assert cfg.identity_path.name == "identity"
 
 
@@ -52,7 +52,7 @@ Bob = 0123456789abcdef0123456789abcdef01234567
     cfg = load_config(p)
     assert cfg.dht.port == 4333 and cfg.dht.network == 16 and cfg.dht.ipv6 is False
     assert cfg.dht.bootstrap == [("127.0.0.1", 4222), ("::1", 5000), ("localhost", 4222)]
-    assert cfg.ice.stun == ["stun:198.51.100.2:3478"] and cfg.ice.timeout == 2.5
+    assert cfg.ice.stun == [("198.51.100.2", 3478)] and cfg.ice.timeout == 2.5
     assert cfg.ice.host_addresses == ["10.200.1.2", "::1"]
     assert cfg.policy.allow == ["0123456789abcdef0123456789abcdef01234567"]
     assert cfg.policy.unknown == "reject"
@@ -66,6 +66,9 @@ Bob = 0123456789abcdef0123456789abcdef01234567
     ("dht", "bootstrap", "[::1", "expected host:port"),
     ("dht", "bootstrap", "h:0", "expected a port 1-65535"),
     ("ice", "stun", "198.51.100.2", "expected stun:HOST[:PORT]"),
+    ("ice", "stun", "stun:[::1", "expected stun:HOST[:PORT] or stun:[IPV6]:PORT"),
+    ("ice", "turn", "turn:h:99999", "expected turn:HOST[:PORT]"),
+    ("ice", "turn", "stun:198.51.100.1", "expected turn:HOST[:PORT]"),
     ("ice", "host_addresses", "10.200.1.300", "'10.200.1.300' is not one"),
     ("ice", "timeout", "-1", "expected a number 1-300"),
     ("identity", "key_bits", "1024", "expected an integer 2048-16384"),
@@ -121,3 +124,16 @@ def test_unreadable_and_malformed_files(tmp_path):
 def test_unknown_alias_is_a_clear_error():
     with pytest.raises(ConfigError, match="neither an account id"):
         load_config(None).resolve_account("carol")
+
+
+def test_stun_and_turn_urls_without_port_and_ipv6(tmp_path):
+    """Before: `stun:HOST` without a port or any IPv6 URL crashed `sipdht run` with a
+    traceback, and only the first URL was used."""
+    p = write(tmp_path, """
+[ice]
+stun = stun:198.51.100.1, stun:[2001:db8::1]:3479, STUN:198.51.100.2:3480
+turn = turn:198.51.100.1?transport=udp, turn:[2001:db8::2]
+""")
+    cfg = load_config(p)
+    assert cfg.ice.stun == [("198.51.100.1", 3478), ("2001:db8::1", 3479), ("198.51.100.2", 3480)]
+    assert cfg.ice.turn == [("198.51.100.1", 3478), ("2001:db8::2", 3478)]

@@ -9,7 +9,8 @@ import statistics
 import sys
 import time
 
-from ..agent import Agent, CallFailed, agent_node_config
+from ..account import CallFailure, LinkClosed
+from ..agent import Agent
 from ..cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -22,7 +23,7 @@ from ..cli import (
     until_stopped,
 )
 from ..config import Config
-from ..link import CHANNEL_ECHO, LinkError
+from ..v1.link import CHANNEL_ECHO, PeerLink
 from .dht import client_node_config, client_options, log_stats, node_config
 
 log = logging.getLogger("sipdht.agent")
@@ -39,7 +40,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     log.info("account %s (config %s)", ident.account_id, config.source or "built-in defaults")
 
     async def main() -> int:
-        cfg = agent_node_config(node_config(args, config, client=False), ident)
+        cfg = node_config(args, config, client=False)    # a random node id each run (privacy)
         agent = Agent(config, ident, cfg, serve=True)
         if not cfg.bootstrap:
             log.warning("no [dht] bootstrap configured: this node waits for others to contact it")
@@ -140,7 +141,11 @@ def cmd_ping(args: argparse.Namespace, config: Config) -> int:
         start = time.monotonic()
         agent = await _client_agent(args, config)
         try:
-            link, bd = await agent.connect(account, max(1.0, args.timeout - (time.monotonic() - start)))
+            link = await agent.connect(account, max(1.0, args.timeout - (time.monotonic() - start)))
+            if not isinstance(link, PeerLink):
+                raise OperationFailed(f"ping is a protocol v1 diagnostic; {account} was reached "
+                                      "by another account type")
+            bd = link.setup
             try:
                 for i in range(max(1, args.count)):
                     # the first one also waits for the callee's side of ICE to finish
@@ -149,9 +154,9 @@ def cmd_ping(args: argparse.Namespace, config: Config) -> int:
                     await exchange_data(link, args.data)
             finally:
                 await link.close("ping done")
-        except CallFailed as exc:
+        except CallFailure as exc:
             raise OperationFailed(str(exc)) from None
-        except LinkError as exc:
+        except LinkClosed as exc:
             raise OperationFailed(f"link failed: {exc}") from None
         finally:
             await agent.stop()

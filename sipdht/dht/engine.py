@@ -80,10 +80,6 @@ MAX_SEARCHES = 4096
 MAX_REPLY_VALUES = 64
 MAX_REPLY_BYTES = 32 * 1024         # at least one value is always sent, whatever its size
 MAX_REPLY_IDS = 1024                # rows of a select reply (~10 bytes each)
-# What one source IP may keep under one key (OpenDHT has no such cap): junk from one
-# address cannot bury the others' values.
-MAX_VALUES_PER_SOURCE = 64
-MAX_BYTES_PER_SOURCE = 256 * 1024
 ID_SEQ = (FIELD_ID, FIELD_SEQ)
 # Listeners we serve (OpenDHT has no cap): one IP cannot make a put fan out to thousands.
 MAX_LISTENERS_PER_IP = 256
@@ -205,7 +201,6 @@ class DhtEngine:
         self.listen_sids: dict[int, tuple[Search, SearchNode]] = {}
         self.local_listens: dict[InfoHash, list[ListenOp]] = {}
         self.ops: dict[int, GetOp | PutOp | ListenOp] = {}
-        self._sources: dict[InfoHash, dict[str, set[int]]] = {}   # key -> IP -> value ids
         # IP -> (key, node id, sid) -> last refreshed: the listeners each IP holds here
         self._ip_listens: dict[str, dict[tuple[InfoHash, bytes, int], float]] = {}
         self._listens_swept = now
@@ -259,6 +254,8 @@ class DhtEngine:
         if msg.network != self.network:
             self.stats["dropped_network"] += 1
             return
+        if not self._admit(msg, addr, now):
+            return
         whole = self._reassemble(msg, addr, now)
         if whole is None:
             return
@@ -288,12 +285,15 @@ class DhtEngine:
     def good_nodes(self, now: float) -> list[Node]:
         return [n for t in self.tables.values() for n in t.nodes() if n.is_good(now)]
 
-    def get(self, key: InfoHash, now: float, query: Query | None = None) -> int:
+    def get(self, key: InfoHash, now: float, query: Query | None = None,
+            local: bool = True) -> int:
+        """Values at `key`; `local=False` asks only the network (a publisher reading back
+        what the storers really kept)."""
         self.now = now
         op = GetOp(next(self._op_ids), key, query, now)
         self.ops[op.id] = op
-        local = self.storage.get(key, query, now)
-        self._deliver_get(op, local)
+        if local:
+            self._deliver_get(op, self.storage.get(key, query, now))
         self._attach(op, key, "gets", now)
         return op.id
 
@@ -400,6 +400,27 @@ class DhtEngine:
         if req.node is not None:
             req.node.failures = MAX_FAILURES
         req.on_expire(now)
+
+    def _admit(self, msg: Message, addr: Addr, now: float) -> bool:
+        """Before any reassembly work, as OpenDHT does: a query, or a fragment that would
+        open a partial message, passes the rate limiter (a query whose fragments came first
+        was charged then); a fragmented reply must answer one of our requests."""
+        if msg.kind == "r" and msg.value_sizes and not self._expected(msg, addr):
+            self.stats["unmatched_reply"] += 1
+            return False
+        if msg.kind == "p":
+            limited = not self.reassembler.has(addr, msg.tid)
+        else:
+            limited = msg.kind == "q" and not (
+                msg.value_sizes and self.reassembler.awaiting_header(addr, msg.tid))
+        if limited and not self.limits.allow(addr[0], now):
+            self.stats["dropped_rate_limit"] += 1
+            return False
+        return True
+
+    def _expected(self, msg: Message, addr: Addr) -> bool:
+        req = self.requests.get(msg.tid)
+        return (req is not None and req.addr == addr) or msg.tid in self.listen_sids
 
     def _mark_unreachable(self, addr: Addr, now: float, duration: float = UNREACHABLE_TIME) -> None:
         """Shared by all searches, so the next one does not wait on this address again."""
@@ -530,9 +551,7 @@ class DhtEngine:
     # --- serving queries --------------------------------------------------------------------
 
     def _on_query(self, msg: Message, addr: Addr, now: float) -> None:
-        if not self.limits.allow(addr[0], now):
-            self.stats["dropped_rate_limit"] += 1
-            return
+        # rate limited in _admit, before reassembly
         self.stats[f"query_{msg.query}"] += 1
         ip = addr[0]
         if not self.proofs.proven(ip, now):     # maybe spoofed: answer within a budget
@@ -635,56 +654,14 @@ class DhtEngine:
 
     def _store_remote(self, key: InfoHash, value: Value, now: float, ip: str,
                       created: float | None) -> None:
-        if self.storage.get_stored(key, value.id) is None and not self._source_room(key, ip, value):
-            self.stats["store_refused_source_cap"] += 1
-            return
         result = self.storage.store(key, value, now, source=ip, created=created)
         self.stats[f"store_{result.status.name.lower()}"] += 1
         if result.status in (StoreStatus.NEW, StoreStatus.EDITED):
-            self._sources.setdefault(key, {}).setdefault(ip, set()).add(value.id)
             self._notify(key, now, values=[value])
         elif result.status is StoreStatus.REFRESHED:
             self._notify(key, now, refreshed=[value.id])
         for ekey, vid in result.evicted:
-            self._forget_sources(ekey, [vid])
             self._notify(ekey, now, expired=[vid])
-
-    def _source_room(self, key: InfoHash, ip: str, value: Value) -> bool:
-        """Whether `ip` may add this value under `key` (its values there, checked against
-        storage so that expired, evicted or re-sourced ones no longer count)."""
-        vids = self._sources.get(key, {}).get(ip)
-        if not vids:
-            return True
-        size = value.size()
-        for vid in list(vids):
-            sv = self.storage.get_stored(key, vid)
-            if sv is None or sv.source != ip:
-                vids.discard(vid)
-            else:
-                size += sv.value.size()
-        return len(vids) < MAX_VALUES_PER_SOURCE and size <= MAX_BYTES_PER_SOURCE
-
-    def _sweep_sources(self) -> None:
-        """Drop index entries for values storage no longer holds from that IP, however it
-        dropped them (expiry and quota are reported; anything else is caught here)."""
-        for key, by_ip in list(self._sources.items()):
-            for ip, ids in list(by_ip.items()):
-                for vid in list(ids):
-                    sv = self.storage.get_stored(key, vid)
-                    if sv is None or sv.source != ip:
-                        ids.discard(vid)
-            self._forget_sources(key, [])
-
-    def _forget_sources(self, key: InfoHash, vids: list[int]) -> None:
-        by_ip = self._sources.get(key)
-        if by_ip is None:
-            return
-        for ip, ids in list(by_ip.items()):
-            ids.difference_update(vids)
-            if not ids:
-                del by_ip[ip]
-        if not by_ip:
-            del self._sources[key]
 
     def _serve_refresh(self, msg: Message, addr: Addr, now: float) -> None:
         key = self._check_write(msg, addr, "Refresh")
@@ -1252,14 +1229,12 @@ class DhtEngine:
 
     def _housekeeping(self, now: float) -> None:
         for key, vids in self.storage.expire(now):
-            self._forget_sources(key, vids)
             self._notify(key, now, expired=vids)
         self.storage.expire_listeners(now)
         if now - self._listens_swept > LISTENER_EXPIRE_TIME:
             self._listens_swept = now
             for ip in list(self._ip_listens):
                 self._sweep_listens(ip, now)
-            self._sweep_sources()
         self.reassembler.expire(now)
         self.stats["dropped_fragments"] = self.reassembler.dropped
         self._expire_listen_caches(now)

@@ -90,8 +90,8 @@ def test_offline_callee_fails_fast_with_reason(agents):
                              timeout=30, capture_output=True, text=True)
     assert lookup.returncode == 1 and " offline" in lookup.stdout
     ping = agents.ping("alice", "bob", "--timeout", "10", timeout=30)
-    assert ping.returncode == 1
-    assert "offline" in ping.stderr and "Traceback" not in ping.stderr
+    assert ping.returncode == 1          # never published: unknown (a gateway says 404)
+    assert "no contact record" in ping.stderr and "Traceback" not in ping.stderr
 
     agents.start("bob")           # online, then stopped cleanly: its record says offline
     agents.stop()
@@ -99,3 +99,6 @@ def test_offline_callee_fails_fast_with_reason(agents):
                                        str(agents.ini["alice"]), agents.id["bob"]],
                              timeout=30, capture_output=True, text=True)
     assert lookup.returncode == 1 and "device" in lookup.stdout and "offline" in lookup.stdout
+    ping = agents.ping("alice", "bob", "--timeout", "10", timeout=30)
+    assert ping.returncode == 1          # published, now offline (a gateway says 480)
+    assert "is offline" in ping.stderr and "Traceback" not in ping.stderr

@@ -14,12 +14,12 @@ from sipdht.dht.engine import (
     MAX_REPLY_BYTES,
     MAX_REPLY_IDS,
     MAX_REPLY_VALUES,
-    MAX_VALUES_PER_SOURCE,
     DhtEngine,
 )
 from sipdht.dht.fragments import MTU
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.messages import encode_query, encode_reply, pack_nodes
+from sipdht.dht.storage import MAX_VALUES_PER_SOURCE_KEY
 from sipdht.dht.values import Value, pack, packb
 from tests.unit.test_engine import (
     ME,
@@ -90,11 +90,15 @@ def junk(i: int) -> Value:
     return Value(id=10_000 + i, data=bytes([i % 251]) * 680)          # ~0.7 MB in all
 
 
-def poison(e: DhtEngine, many_sources: bool = True) -> None:
-    """Junk straight into storage, as if put by many IPs (so no per-IP cap applies)."""
+def poison(e: DhtEngine, many_sources: bool = True) -> int:
+    """Junk straight into storage, as if put by 200 IPs (under storage's per-IP cap) or
+    by one; returns how many values were kept."""
+    kept = 0
     for i in range(JUNK):
         src = f"198.51.100.{i % 200 + 1}" if many_sources else "198.51.100.1"
-        assert e.storage.store(H, junk(i), T0, source=src).stored
+        kept += e.storage.store(H, junk(i), T0, source=src).stored
+    assert kept == JUNK or not many_sources
+    return kept
 
 
 class LossyNet(Net):
@@ -171,7 +175,7 @@ def test_plain_get_reply_is_capped_and_fair_to_sources() -> None:
     """One burst per get, whatever is stored: a few values, at most a few tens of KB, and
     a value from a lone source is in it even after 1,000 from another."""
     e = engine(prove=False)
-    poison(e, many_sources=False)
+    assert poison(e, many_sources=False) > MAX_REPLY_VALUES
     genuine = Value(id=7, data=b"genuine")
     e.storage.store(H, genuine, T0 + 1, source="203.0.113.99")
     prove(e, A)
@@ -199,13 +203,15 @@ def test_id_listing_is_capped() -> None:
 
 
 def test_one_ip_cannot_fill_a_key() -> None:
+    """Storage's per-IP cap (storage.py) holds for puts that come over the wire."""
     e = engine()
     tok = token_for(e, A)
-    for i in range(JUNK // 10):
+    count = MAX_VALUES_PER_SOURCE_KEY + 50
+    for i in range(count):
         feed(e, query("put", i + 1, h=H, token=tok, values=[pack(junk(i))]), A)
     mine = len(e.storage.get(H, now=T0))
-    assert 0 < mine <= MAX_VALUES_PER_SOURCE
-    assert e.stats["store_refused_source_cap"] == JUNK // 10 - mine
+    assert mine == MAX_VALUES_PER_SOURCE_KEY
+    assert e.stats["store_refused"] == count - mine
     put(e, [Value(id=7, data=b"genuine")], addr=B, sender=OTHER)
     assert e.storage.get_stored(H, 7) is not None
     # a source's values that expire free its share again

@@ -3,13 +3,15 @@
 An offer goes to the callee's inbox, SHA1("callto:" + account id), signed by the
 caller and encrypted to the callee; the answer or decline comes back the same way
 on the caller's inbox, correlated by a random 64-bit id. Nothing reaches ICE
-before the signer, freshness, replay and caller policy checks pass.
+before the signer, freshness, replay and caller policy checks pass. A decline
+carries a refusal code (sipdht.account.RefusalCode) beside its text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections import Counter, OrderedDict
@@ -19,28 +21,27 @@ from typing import Any
 import msgpack
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .config import PolicyConfig
-from .dht.crypto import load_public_key
-from .dht.infohash import InfoHash
-from .dht.secure import SecureDht, SecureValue
-from .dht.values import ValueType, register_type
-from .link import IceParams
+from ..account import RefusalCode, Refused
+from ..config import PolicyConfig
+from ..dht.crypto import load_public_key
+from ..dht.infohash import InfoHash
+from ..dht.secure import SecureDht, SecureValue
+from ..dht.values import ValueType, register_type
+from .ice import IceParams
+from .sealing import BadKey, check_public_key
 
 log = logging.getLogger(__name__)
 
 CALL_TYPE = 9001
 register_type(ValueType(CALL_TYPE, "sipdht call signalling", 60))
 MAX_SEEN = 10000
+MAX_CANDIDATES = 16         # accepted from a peer: more only amplifies our STUN checks
 START_GRACE = 10.0          # seconds before our start from which an offer still counts
 DECLINE_BURST, DECLINE_RATE = 5.0, 1.0   # declines per signer: burst, then per second
 
 
 class SignalError(ValueError):
     """A signalling payload that is malformed or must be refused."""
-
-
-class CallRefused(Exception):
-    """The callee (or its agent) refused the call; the message says why."""
 
 
 def inbox_key(account: str) -> InfoHash:
@@ -60,6 +61,7 @@ class Offer:
     key: bytes            # caller's ephemeral X25519 public key
     ts: float
     uri: str = ""
+    device: str = ""      # the callee device asked for ("": any device of the account)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Answer:
     ice: IceParams
     key: bytes
     ts: float
+    device: str = ""      # the answering device
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Decline:
     id: int
     reason: str
     ts: float
+    code: RefusalCode = RefusalCode.DECLINED
 
 
 Signal = Offer | Answer | Decline
@@ -85,45 +89,62 @@ Signal = Offer | Answer | Decline
 def encode(msg: Signal) -> bytes:
     out: dict[str, Any] = {"v": 1, "id": msg.id, "ts": msg.ts}
     if isinstance(msg, Decline):
-        out.update(k="decline", reason=msg.reason)
+        out.update(k="decline", reason=msg.reason, code=int(msg.code))
     else:
         out.update(k="offer" if isinstance(msg, Offer) else "answer", caller=msg.caller,
                    callee=msg.callee, ufrag=msg.ice.ufrag, pwd=msg.ice.pwd,
                    cands=msg.ice.candidates, x25519=msg.key)
         if isinstance(msg, Offer):
             out["uri"] = msg.uri
+        if msg.device:
+            out["dev"] = msg.device
     return msgpack.packb(out, use_bin_type=True)
 
 
-def _field(obj: dict, name: str, kind: type) -> Any:
+def _field(obj: dict, name: str, *kinds: type) -> Any:
     value = obj.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise SignalError(f"{name}: expected {kind.__name__}")
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise SignalError(f"{name}: expected {' or '.join(k.__name__ for k in kinds)}")
     return value
+
+
+def _timestamp(obj: dict) -> float:
+    ts = float(_field(obj, "ts", int, float))
+    if not math.isfinite(ts):
+        raise SignalError("ts: expected a finite number")
+    return ts
+
+
+def _code(obj: dict) -> RefusalCode:
+    try:
+        return RefusalCode(obj.get("code", RefusalCode.DECLINED))
+    except ValueError:
+        return RefusalCode.DECLINED     # a newer peer's code we do not know yet
 
 
 def decode(data: bytes) -> Signal:
     try:
-        obj = msgpack.unpackb(data, raw=False)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception:  # msgpack raises several unrelated types on garbage
         raise SignalError("not msgpack") from None
     if not isinstance(obj, dict) or obj.get("v") != 1:
         raise SignalError("not a sipdht v1 signal")
-    kind, cid = obj.get("k"), _field(obj, "id", int)
-    ts = float(_field(obj, "ts", (int, float)))   # type: ignore[arg-type]
+    kind, cid, ts = obj.get("k"), _field(obj, "id", int), _timestamp(obj)
     if kind == "decline":
-        return Decline(cid, str(obj.get("reason", ""))[:200], ts)
+        return Decline(cid, str(obj.get("reason", ""))[:200], ts, _code(obj))
     if kind not in ("offer", "answer"):
         raise SignalError(f"unknown signal kind {kind!r}")
     cands = _field(obj, "cands", list)
     if len(cands) > 64 or not all(isinstance(c, str) and len(c) < 512 for c in cands):
         raise SignalError("cands: expected at most 64 candidate strings")
-    ice = IceParams(_field(obj, "ufrag", str), _field(obj, "pwd", str), cands)
+    ice = IceParams(_field(obj, "ufrag", str), _field(obj, "pwd", str), cands[:MAX_CANDIDATES])
     key = _field(obj, "x25519", bytes)
-    if len(key) != 32:
-        raise SignalError("x25519: expected 32 bytes")
+    try:
+        check_public_key(key)
+    except BadKey as exc:
+        raise SignalError(str(exc)) from None
     common = dict(id=cid, caller=_field(obj, "caller", str), callee=_field(obj, "callee", str),
-                  ice=ice, key=key, ts=ts)
+                  ice=ice, key=key, ts=ts, device=str(obj.get("dev", ""))[:64])
     if kind == "offer":
         return Offer(**common, uri=str(obj.get("uri", ""))[:256])
     return Answer(**common)
@@ -135,11 +156,27 @@ class IncomingCall:
     caller_key: rsa.RSAPublicKey
 
 
+@dataclass(frozen=True)
+class Refusal:
+    counter: str        # stats name
+    reason: str         # told to the caller
+    code: RefusalCode
+
+
+@dataclass(frozen=True)
+class RefusedOffer:
+    signer: str
+    offer: Offer
+    refusal: Refusal
+    owner: bytes        # the signer's public key (DER), to encrypt the decline to
+
+
 class Signaling:
     def __init__(self, secure: SecureDht, policy: PolicyConfig,
-                 not_before: float | None = None) -> None:
+                 not_before: float | None = None, device: str = "") -> None:
         self.secure = secure
         self.policy = policy
+        self.device = device
         # Offers made before we started are old inbox contents (they live 10 min on storers),
         # not calls: without this a restarted agent would answer them all again.
         self.not_before = time.time() - START_GRACE if not_before is None else not_before
@@ -155,29 +192,31 @@ class Signaling:
     # --- caller side ------------------------------------------------------------------------
 
     async def call(self, callee: str, callee_key: rsa.RSAPublicKey, ice: IceParams, key: bytes,
-                   uri: str, timeout: float) -> Answer:
-        """Send an offer and wait for the answer; raises CallRefused or TimeoutError."""
-        offer = Offer(new_call_id(), self.me, callee, ice, key, time.time(), uri)
+                   uri: str, timeout: float, device: str = "") -> Answer:
+        """Send an offer and wait for the answer; raises Refused or TimeoutError."""
+        offer = Offer(new_call_id(), self.me, callee, ice, key, time.time(), uri, device)
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._pending[offer.id] = (callee, fut)
         # The answer can come back before every storer has acknowledged the offer: do not
         # wait for the put, only notice when no node at all took it.
         put = asyncio.ensure_future(self.send(callee, callee_key, offer))
-        put.add_done_callback(lambda p: self._offer_stored(p, fut))
+        put.add_done_callback(lambda p: self._offer_stored(p, fut, callee))
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:
             self._pending.pop(offer.id, None)
+            if not put.done():
+                put.cancel()
 
     @staticmethod
-    def _offer_stored(put: asyncio.Future, fut: asyncio.Future) -> None:
+    def _offer_stored(put: asyncio.Future, fut: asyncio.Future, callee: str) -> None:
         if fut.done() or put.cancelled():
             return
         error = put.exception()
         if error is not None:
-            fut.set_exception(CallRefused(f"the offer could not be sent: {error}"))
+            fut.set_exception(TimeoutError(f"the offer could not be sent: {error}"))
         elif put.result() == 0:
-            fut.set_exception(CallRefused("the offer was stored on no DHT node"))
+            fut.set_exception(TimeoutError("the offer was stored on no DHT node"))
 
     async def send(self, to: str, to_key: rsa.RSAPublicKey, msg: Signal) -> int:
         _, stored = await self.secure.put_encrypted(inbox_key(to), encode(msg), to=to,
@@ -186,8 +225,9 @@ class Signaling:
 
     # --- inbox ------------------------------------------------------------------------------
 
-    async def handle(self, sv: SecureValue) -> IncomingCall | None:
-        """One value from our inbox: resolves a pending call, or returns an accepted offer."""
+    async def handle(self, sv: SecureValue) -> IncomingCall | RefusedOffer | None:
+        """One value from our inbox: resolves a pending call, returns an accepted offer, or a
+        refused one the caller should be told about."""
         if not sv.encrypted or sv.signer is None:
             self.stats["inbox_not_encrypted"] += 1
             return None
@@ -195,10 +235,10 @@ class Signaling:
             msg = decode(sv.value.data)
         except SignalError as exc:
             self.stats["inbox_malformed"] += 1
-            log.info("ignoring malformed signal from %s: %s", sv.signer, exc)
+            log.debug("ignoring malformed signal from %s: %s", sv.signer, exc)
             return None
         if isinstance(msg, Offer):
-            return await self._offer(msg, sv)
+            return self._offer(msg, sv.signer, bytes(sv.value.owner or b""))
         self._reply(msg, sv.signer)
         return None
 
@@ -209,43 +249,43 @@ class Signaling:
             return
         if signer != callee or (isinstance(msg, Answer) and (msg.callee, msg.caller) != (callee, self.me)):
             self.stats["reply_wrong_signer"] += 1
-            log.warning("ignoring a reply to call %016x signed by %s, not by %s", msg.id, signer, callee)
+            log.debug("ignoring a reply to call %016x signed by %s, not by %s", msg.id, signer, callee)
             return
         if isinstance(msg, Decline):
-            fut.set_exception(CallRefused(msg.reason))
+            fut.set_exception(Refused(signer, msg.reason, msg.code))
         else:
             fut.set_result(msg)
 
-    async def _offer(self, offer: Offer, sv: SecureValue) -> IncomingCall | None:
+    def _offer(self, offer: Offer, signer: str, owner: bytes) -> IncomingCall | RefusedOffer | None:
         if offer.ts < self.not_before:
             self.stats["ignored_before_start"] += 1
             return None
-        caller_key = load_public_key(bytes(sv.value.owner))
-        refused = self.refusal(offer, sv.signer)
-        if refused is not None:
-            code, reason = refused
-            self.stats[f"refused_{code}"] += 1
-            log.warning("refused call %016x from %s: %s", offer.id, sv.signer, reason)
-            await self.decline(sv.signer, caller_key, offer.id, reason)
+        if offer.device and offer.device != self.device:
+            self.stats["ignored_other_device"] += 1      # another device of ours answers
             return None
+        refused = self.refusal(offer, signer)
+        if refused is not None:
+            self.stats[f"refused_{refused.counter}"] += 1
+            return RefusedOffer(signer, offer, refused, owner)
         self._remember(offer.id)
-        return IncomingCall(offer, caller_key)
+        return IncomingCall(offer, load_public_key(owner))
 
-    def refusal(self, offer: Offer, signer: str) -> tuple[str, str] | None:
-        """(counter name, reason for the caller) when an offer must be refused, else None.
-        Order: identity, freshness, replay, policy."""
+    def refusal(self, offer: Offer, signer: str) -> Refusal | None:
+        """Why an offer must be refused, else None. Order: identity, freshness, replay,
+        policy. A denied caller hears a plain decline, not that it is on a deny list."""
+        bad = RefusalCode.MALFORMED
         if offer.caller != signer:
-            return "forged", f"forged offer: signed by {signer}, claims {offer.caller}"
+            return Refusal("forged", f"forged offer: signed by {signer}, claims {offer.caller}", bad)
         if offer.callee != self.me:
-            return "wrong_callee", "offer addressed to another account"
+            return Refusal("wrong_callee", "offer addressed to another account", bad)
         if abs(time.time() - offer.ts) > self.policy.offer_window:
-            return "stale", f"stale offer (outside the {self.policy.offer_window:g} s window)"
+            return Refusal("stale", f"stale offer (outside the {self.policy.offer_window:g} s window)", bad)
         if offer.id in self._seen:
-            return "replayed", "replayed offer"
+            return Refusal("replayed", "replayed offer", bad)
         if signer in self.policy.deny:
-            return "denied", "caller is on the deny list"
+            return Refusal("denied", "declined", RefusalCode.DECLINED)
         if signer not in self.policy.allow and self.policy.unknown == "reject":
-            return "unknown_caller", "unknown callers are not accepted"
+            return Refusal("unknown_caller", "unknown callers are not accepted", RefusalCode.POLICY)
         return None
 
     def _remember(self, call_id: int) -> None:
@@ -253,14 +293,15 @@ class Signaling:
         while len(self._seen) > MAX_SEEN:
             self._seen.popitem(last=False)
 
-    async def decline(self, to: str, to_key: rsa.RSAPublicKey, call_id: int, reason: str) -> None:
-        if not self._may_decline(to):
+    async def decline(self, refused: RefusedOffer) -> bool:
+        """Tell the caller (within a small budget per signer); False when not sent."""
+        if not self._may_decline(refused.signer):
             self.stats["decline_rate_limited"] += 1
-            return
-        try:
-            await self.send(to, to_key, Decline(call_id, reason, time.time()))
-        except Exception as exc:  # best effort: the refusal itself already happened
-            log.info("could not send the decline to %s: %s", to, exc)
+            return False
+        r = refused.refusal
+        await self.send(refused.signer, load_public_key(refused.owner),
+                        Decline(refused.offer.id, r.reason, time.time(), r.code))
+        return True
 
     def _may_decline(self, to: str) -> bool:
         """A small budget per signer, so refused offers cannot turn us into a reflector."""
@@ -277,5 +318,5 @@ class Signaling:
 
     async def answer(self, call: IncomingCall, ice: IceParams, key: bytes) -> None:
         offer = call.offer
-        answer = Answer(offer.id, offer.caller, self.me, ice, key, time.time())
+        answer = Answer(offer.id, offer.caller, self.me, ice, key, time.time(), self.device)
         await self.send(offer.caller, call.caller_key, answer)

@@ -1,0 +1,105 @@
+"""Attacks on protocol v1 reproduced against real agents and a real dhtnode."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sipdht.dht.values import Value
+from sipdht.v1 import locator as loc
+from tests.harness.dhtnode import Dhtnode
+from tests.interop.test_dht_dhtnode import async_test
+from tests.interop.test_signaling_security import idents, make_agent, started  # noqa: F401
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture
+def dht(dhtnode_bin):
+    with Dhtnode() as d:
+        yield d
+
+
+@async_test
+async def test_a_squatted_record_id_is_detected_and_republished(dht, idents, tmp_path,  # noqa: F811
+                                                                monkeypatch):
+    """Before: the record's value id was the public device id; one unsigned put under it
+    made the account look offline for days while its agent logged "published". Now the id
+    is random per run, and a record not found after publishing moves to a fresh id."""
+    squatted = 0x5151515151515151
+    ids = iter([squatted])
+    real = loc._random_vid
+    monkeypatch.setattr(loc, "_random_vid", lambda: next(ids, None) or real())
+    bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
+    bob.node.config.client_only = True      # the storers are the others, as on a real network
+    alice = make_agent(dht, idents["alice"], serve=False)
+    await started(alice)
+    # the attacker's unsigned value sits at bob's contact key under the id bob will use
+    assert await alice.node.put(loc.contact_key(bob.account),
+                                Value(id=squatted, data=b"squat", type=0)) > 0
+    await started(bob)
+    try:
+        for _ in range(50):
+            if bob.v1.locator.stats["record_squatted"]:
+                break
+            await asyncio.sleep(0.1)
+        assert bob.v1.locator.stats["record_squatted"] == 1
+        for _ in range(50):
+            found = await alice.lookup(bob.account)
+            if found.online:
+                break
+            await asyncio.sleep(0.1)
+        assert found.online, found
+    finally:
+        await alice.stop()
+        await bob.stop()
+
+
+@async_test
+async def test_the_node_id_does_not_reveal_the_account(dht, idents, tmp_path):  # noqa: F811
+    """Before: node id = SHA1("node:" + account) let anyone find an agent's address."""
+    bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
+    await started(bob)
+    try:
+        assert bob.node.id.hex() != idents["bob"].node_id.hex()
+    finally:
+        await bob.stop()
+
+
+@async_test
+async def test_an_inbox_flood_is_decrypted_once_per_ciphertext_and_calls_still_work(
+        dht, idents, tmp_path, caplog):  # noqa: F811
+    """Before: every inbox value >= 512 B cost an RSA decryption before any check, repeated
+    ciphertexts included, and each refusal logged a warning line."""
+    import logging
+    import os
+
+    from sipdht.v1.signaling import CALL_TYPE, inbox_key
+
+    bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
+    alice = make_agent(dht, idents["alice"], serve=False)
+    await started(bob, alice)
+    junk = os.urandom(600)
+    try:
+        with caplog.at_level(logging.INFO):
+            for i in range(200):                  # the same ciphertext under 200 value ids
+                await alice.node.put(inbox_key(bob.account),
+                                     Value(id=1000 + i, type=CALL_TYPE, cypher=junk))
+            for i in range(50):                   # and 50 different junk ciphertexts
+                await alice.node.put(inbox_key(bob.account),
+                                     Value(id=5000 + i, type=CALL_TYPE, cypher=os.urandom(600)))
+            for _ in range(100):
+                if bob.v1.stats["inbox_duplicate"] >= 199:
+                    break
+                await asyncio.sleep(0.05)
+            link = await asyncio.wait_for(alice.connect(bob.account, timeout=10), 15)
+            assert await link.ping() > 0
+        assert bob.v1.stats["inbox_duplicate"] >= 199
+        assert bob.secure.stats["not_for_us"] + bob.secure.stats["bad_encrypted"] <= 51
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING
+                    and r.name.startswith("sipdht")]
+        assert len(warnings) < 10, [r.getMessage() for r in warnings]
+    finally:
+        await alice.stop()
+        await bob.stop()
