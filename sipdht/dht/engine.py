@@ -591,6 +591,10 @@ class DhtEngine:
         body = self._nodes_body(msg.h, self._want(msg, addr), now)
         body["token"] = self.tokens.make(addr)
         values = self._fair(msg.h, self.storage.get(msg.h, msg.q, now))
+        if values and self._budget is not None:
+            # Unproven, and values to hand out: ping it before answering, so that its
+            # by-id fetches (or retry) find it proven instead of being withheld.
+            self._challenge(addr, now)
         if msg.q is not None and msg.q.select:
             body["fileds"] = self._select(msg.q, values[:MAX_REPLY_IDS])
             values = []

@@ -421,3 +421,21 @@ def test_search_looks_past_unreachable_close_nodes() -> None:
     run_until(net, T0 + 0.6, lambda: got.extend(events(cli)) or any(
         isinstance(x, ev.PutDone) for x in got))
     assert [x for x in got if isinstance(x, ev.PutDone)] == [ev.PutDone(op, 1)]
+
+
+def test_unproven_client_gets_a_big_value_without_waiting_for_a_retry() -> None:
+    """A client node (never pinged as a newcomer) fetching a >1 KB value: the storer pings
+    it along with the id listing, so the fetch that follows is already answered in full."""
+    srv = DhtEngine(InfoHash(b"\xa0" * 20), now=T0)
+    cli = DhtEngine(InfoHash(b"\xb0" * 20), now=T0, client_only=True)
+    net = Net(srv=srv, cli=cli)
+    cli.add_known_node(srv.id, net.addr(srv), T0)
+    net.pump(T0)
+    events(cli)
+    record = Value(id=9, data=b"r" * 1200, utype="application/sip-contact")
+    srv.storage.store(H, record, T0)
+    op = cli.get(H, T0 + 1)
+    net.pump(T0 + 1)                       # no timer runs: no retry can help
+    got = events(cli)
+    assert [v for x in got if isinstance(x, ev.GetValues) for v in x.values] == [record]
+    assert [x.ok for x in got if isinstance(x, ev.GetDone) and x.op == op] == [True]
