@@ -76,14 +76,23 @@ class V1Account:
     def account(self) -> str:
         return self.secure.account_id
 
-    async def start(self) -> None:
+    async def start(self, online: bool = True) -> None:
         self.tasks.forever("v1 inbox", self._inbox_loop)
         self.tasks.forever("v1 inbox worker", self._inbox_worker)
-        if self.serve:
+        if self.serve and online:
             self.locator.start()
 
     async def stop(self) -> None:
         if self.serve:
+            await self.locator.stop()
+
+    async def set_online(self, online: bool) -> None:
+        """Publish the contact record (and keep it fresh), or replace it by an offline one."""
+        if not self.serve or online == self.locator.publishing:
+            return
+        if online:
+            self.locator.start()
+        else:
             await self.locator.stop()
 
     # --- resolve ----------------------------------------------------------------------------

@@ -39,14 +39,18 @@ def dht(dhtnode_bin):
         yield d
 
 
-def make_agent(d: Dhtnode, ident, serve: bool, deny=(), home: Path | None = None) -> Agent:
+def make_agent(d: Dhtnode, ident, serve: bool, deny=(), home: Path | None = None,
+               sip: bool = False, configure=None) -> Agent:
     cfg = Config()
+    cfg.sip.listen = ("127.0.0.1", 0)
     cfg.identity.path = (home or Path(tempfile.gettempdir())) / f"id-{ident.account_id[:8]}"
     cfg.ice.host_addresses = ["127.0.0.1"]
     cfg.ice.timeout = 5
     cfg.policy.deny = list(deny)
+    if configure is not None:
+        configure(cfg)
     node = NodeConfig(bind4="127.0.0.1", ipv6=False, bootstrap=[d.address])
-    return Agent(cfg, ident, node, serve=serve)
+    return Agent(cfg, ident, node, serve=serve, sip=sip)
 
 
 async def started(*agents: Agent) -> None:
