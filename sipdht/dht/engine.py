@@ -922,8 +922,8 @@ class DhtEngine:
         synced = search.synced_nodes(now)
         if synced is not None:
             self._synced(search, synced, now)
-        elif not live and inflight == 0:
-            self._search_failed(search)
+        elif not live and inflight == 0 and not any(sn.put_pending for sn in search.nodes):
+            self._search_failed(search)     # a put still retrying may yet be acknowledged
 
     def _write_early(self, search: Search, live: list[SearchNode], now: float) -> None:
         """Put and listen on each close node as soon as it has given us a token, without

@@ -855,3 +855,34 @@ def test_a_reply_announcing_many_values_is_reassembled() -> None:
         done = r.fragment(decode(d), ("203.0.113.7", 4222), 0.1) or done
     assert done is not None and [v.id for v in done.values] == [v.id for v in values]
     assert r.dropped == 0 and r.total == 0
+
+
+def test_a_put_whose_ack_is_lost_waits_for_the_retry() -> None:
+    """Seen in the 5 % loss NAT test: the storer kept the value (the callee heard the call
+    offer) but the put reported "stored on no DHT node" at the first timeout of its ack,
+    because a search with no node left to wait on failed while a put was still pending."""
+    net, srv, cli = connected_pair()
+    value = Value(id=77, type=0, data=b"offer", utype="text/plain")
+    op = cli.put(H, value, T0)
+    dropped = []
+    for _ in range(50):                         # deliver everything but srv's first put ack
+        batch = [(src, data, dst) for src, e in net.nodes.items()
+                 for data, dst in e.datagrams_to_send(T0)]
+        if not batch:
+            break
+        for src, data, dst in batch:
+            if src == net.addr(srv) and not dropped and H in srv.storage.keys():
+                dropped.append(data)
+                continue
+            net.nodes[dst].receive_datagram(data, src, T0)
+    assert dropped and H in srv.storage.keys()
+    now = T0
+    for _ in range(40):                         # time passes: cli retries the put
+        now += 0.25
+        for e in (srv, cli):
+            e.handle_timer(now)
+        net.pump(now)
+        done = [x for x in events(cli) if isinstance(x, ev.PutDone) and x.op == op]
+        if done:
+            break
+    assert done and done[0].stored == 1
