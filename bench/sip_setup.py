@@ -23,7 +23,7 @@ lookup, offer, answer, ICE check) + the direct INVITE->180 median (one RTT plus 
 turn-around), i.e. what a first call could cost if every step took exactly one round trip.
 
     .venv/bin/python -m bench.sip_setup [--rtt 0,50] [--calls 50] [--runs 2] [--first 20]
-        [--no-sipdht] [--keep-logs DIR] [-v]
+        [--no-sipdht] [--sipdht-cmd CMD] [--keep-logs DIR] [-v]
 
 Root is needed (namespaces); traffic stays in the script's namespaces (loopback and
 10.200.0.0/16); every process is stopped by its PID and the namespaces are deleted at the end.
@@ -55,7 +55,8 @@ DHTNODE = shutil.which("dhtnode") or "/usr/bin/dhtnode"
 _VENV_SIPDHT = ROOT / ".venv" / "bin" / "sipdht"
 SIPDHT = [str(_VENV_SIPDHT)] if _VENV_SIPDHT.exists() else [sys.executable, "-m", "sipdht"]
 
-UAC_PORT, UAS_PORT, REG_PORT = 5061, 5070, 5069
+UAC_PORT, UAS_PORT, UAS_LOCAL_PORT, REG_PORT = 5061, 5070, 5071, 5069
+LOCAL = "127.0.0.1"                 # softphones reach their own agent on loopback
 KAM_PORT, KAM_B_PORT = 5080, 5082
 DHT_PORT = 4222
 
@@ -87,11 +88,13 @@ class Lab:
             ns = self._add("lo")
             self.a = self.b = self.s = Site(ns, "127.0.0.1")
             self.gw_ports = (5062, 5064)          # agents A and B share the namespace
+            self.rtp_ports = ((40000, 44999), (45000, 49999))
         else:
             sites = [(self._add(name), k) for name, k in (("a", 1), ("b", 2), ("s", 3))]
             self.hub = DelayHub(sites, rtt_ms / 2, tmp / "delayhub.log")
             self.a, self.b, self.s = (Site(ns, address(k)) for ns, k in sites)
             self.gw_ports = (5060, 5060)
+            self.rtp_ports = ((40000, 49999), (40000, 49999))
 
     def _add(self, name: str) -> str:
         ns = self.prefix + name
@@ -104,8 +107,9 @@ class Lab:
     def name(self) -> str:
         return "loopback" if self.rtt_ms <= 0 else f"{self.rtt_ms:g} ms RTT"
 
-    def spawn(self, site: Site, argv: list[str], name: str, ready: str | None = None) -> Proc:
-        p = Proc(["ip", "netns", "exec", site.ns, *argv], self.tmp / f"{name}.log", ready=ready)
+    def spawn(self, site: Site, argv: list[str], name: str, stdin_pipe: bool = False) -> Proc:
+        p = Proc(["ip", "netns", "exec", site.ns, *argv], self.tmp / f"{name}.log",
+                 stdin_pipe=stdin_pipe)
         self.procs.append(p)
         return p
 
@@ -150,8 +154,10 @@ host_addresses = {ip}
 timeout = 20
 idle_timeout = {idle}
 [sip]
-listen = {ip}:{sip_port}
+listen = 127.0.0.1:{sip_port}
 domain = dht
+rtp_port_min = {rtp[0]}
+rtp_port_max = {rtp[1]}
 [contacts]
 {contacts}
 [log]
@@ -160,16 +166,18 @@ stats_interval = 0
 """
 
 
-def agent_ini(tmp: Path, who: str, site: Site, sip_port: int, bootstrap: str, idle: float,
-              contacts: str = "") -> Path:
+def agent_ini(tmp: Path, who: str, site: Site, sip_port: int, rtp: tuple[int, int],
+              bootstrap: str, idle: float, contacts: str = "") -> Path:
+    """The gateway listens on loopback (only local softphones are served); the DHT node
+    and ICE use the site's network address."""
     path = tmp / f"{who}.ini"
-    path.write_text(AGENT_INI.format(dir=tmp, who=who, ip=site.ip, sip_port=sip_port,
+    path.write_text(AGENT_INI.format(dir=tmp, who=who, ip=site.ip, sip_port=sip_port, rtp=rtp,
                                      bootstrap=bootstrap, idle=idle, contacts=contacts))
     return path
 
 
-def init_identity(ini: Path) -> str:
-    r = subprocess.run([*SIPDHT, "--config", str(ini), "init"], capture_output=True, text=True,
+def init_identity(sipdht: list[str], ini: Path) -> str:
+    r = subprocess.run([*sipdht, "--config", str(ini), "init"], capture_output=True, text=True,
                        timeout=120, stdin=subprocess.DEVNULL)
     if r.returncode:
         raise RuntimeError(f"sipdht init failed: {r.stderr.strip()[-500:]}")
@@ -191,22 +199,24 @@ def gateway_in_run() -> str | None:
 class Agents:
     """Two `sipdht run` agents (A calls, B answers) bootstrapped from one dhtnode."""
 
-    def __init__(self, lab: Lab, tmp: Path, idle: float) -> None:
+    def __init__(self, lab: Lab, tmp: Path, idle: float, sipdht: list[str]) -> None:
         self.lab = lab
-        self.dht = lab.spawn(lab.s, [DHTNODE, "-p", str(DHT_PORT)], "dhtnode")
+        # dhtnode quits at the end of its stdin: it gets a pipe that stays open
+        self.dht = lab.spawn(lab.s, [DHTNODE, "-p", str(DHT_PORT)], "dhtnode", stdin_pipe=True)
+        self.dht.wait_for(r"running on port", 15)
         boot = f"{lab.s.ip}:{DHT_PORT}"
-        ini_b = agent_ini(tmp, "bob", lab.b, lab.gw_ports[1], boot, idle)
-        self.bob_id = init_identity(ini_b)
-        ini_a = agent_ini(tmp, "alice", lab.a, lab.gw_ports[0], boot, idle,
+        ini_b = agent_ini(tmp, "bob", lab.b, lab.gw_ports[1], lab.rtp_ports[1], boot, idle)
+        self.bob_id = init_identity(sipdht, ini_b)
+        ini_a = agent_ini(tmp, "alice", lab.a, lab.gw_ports[0], lab.rtp_ports[0], boot, idle,
                           contacts=f"bob = {self.bob_id}")
-        self.alice_id = init_identity(ini_a)
+        self.alice_id = init_identity(sipdht, ini_a)
         published = r"contact record of \w+ published on [1-9]"
-        self.b = lab.spawn(lab.b, [*SIPDHT, "--config", str(ini_b), "run"], "agent-bob")
-        self.a = lab.spawn(lab.a, [*SIPDHT, "--config", str(ini_a), "run"], "agent-alice")
+        self.b = lab.spawn(lab.b, [*sipdht, "--config", str(ini_b), "run"], "agent-bob")
+        self.a = lab.spawn(lab.a, [*sipdht, "--config", str(ini_a), "run"], "agent-alice")
         self.b.wait_for(published, 60)
         self.a.wait_for(published, 60)
-        self.gw_a = f"{lab.a.ip}:{lab.gw_ports[0]}"
-        self.gw_b = f"{lab.b.ip}:{lab.gw_ports[1]}"
+        self.gw_a = f"{LOCAL}:{lab.gw_ports[0]}"
+        self.gw_b = f"{LOCAL}:{lab.gw_ports[1]}"
 
     def links_closed(self) -> int:
         return len(re.findall(r"link with \w+ closed", self.a.text()))
@@ -234,6 +244,7 @@ class Agents:
 class Bench:
     def __init__(self, lab: Lab, tmp: Path, args: argparse.Namespace) -> None:
         self.lab, self.tmp, self.args = lab, tmp, args
+        self.sipdht = args.sipdht_cmd.split() if args.sipdht_cmd else SIPDHT
         self.scen = _sipp.write_scenarios(tmp)
         self.results: dict[str, _sipp.CallTimes] = {}
         self.kams: dict[str, str] = {}
@@ -242,6 +253,9 @@ class Bench:
         self.uas = lab.spawn(lab.b, [_sipp.SIPP, "-sf", str(self.scen["uas"]), "-i", lab.b.ip,
                                      "-p", str(UAS_PORT), "-nostdin"], "sipp-uas")
         self.uas_contact = f"{lab.b.ip}:{UAS_PORT}"
+        # the callee's softphone as agent B sees it: on loopback beside it
+        self.uas_local = lab.spawn(lab.b, [_sipp.SIPP, "-sf", str(self.scen["uas"]), "-i", LOCAL,
+                                           "-p", str(UAS_LOCAL_PORT), "-nostdin"], "sipp-uas-local")
 
     def cwd(self, label: str) -> Path:
         self.n += 1
@@ -260,17 +274,18 @@ class Bench:
         self.kams[label] = target
 
     def start_agents(self) -> None:
-        self.agents = Agents(self.lab, self.tmp, self.args.idle)
+        self.agents = Agents(self.lab, self.tmp, self.args.idle, self.sipdht)
         ag = self.agents
         ok = _sipp.register(self.lab.b.ns, self.cwd("reg-gw-b"), self.scen["register"], ag.gw_b,
-                            "bob", self.uas_contact, self.lab.b.ip, REG_PORT)
+                            "bob", f"{LOCAL}:{UAS_LOCAL_PORT}", LOCAL, REG_PORT)
         if not ok:
             raise RuntimeError(f"could not register the UAS at agent B's gateway {ag.gw_b}")
 
     def batch(self, path: str, target: str, service: str, calls: int) -> None:
-        # at most ~40 ms of offered spacing; -l 1 keeps one call at a time
+        # 25 calls/s offered; -l 1 keeps one call at a time
+        local_ip = LOCAL if path.startswith("sipdht") else self.lab.a.ip
         res = _sipp.run_uac(self.lab.a.ns, self.cwd(path), self.scen["uac"], target, service,
-                            self.lab.a.ip, UAC_PORT, calls, rate=25, timeout=60 + calls * 2)
+                            local_ip, UAC_PORT, calls, rate=25, timeout=60 + calls * 2)
         acc = self.results.setdefault(path, _sipp.CallTimes())
         acc.extend(res, offset=len(acc.t200) + len(acc.t180) + acc.failed + 10_000 * self.n)
         if self.args.verbose or res.failed or res.rc:
@@ -320,18 +335,23 @@ def report(lab: Lab, b: Bench) -> str:
         t1, t2 = list(ct.t180.values()), list(ct.t200.values())
         stats[path] = (median(t1), percentile(t1, 95), median(t2), percentile(t2, 95),
                        len(t1), len(t2), ct.ok, ct.failed)
-    kam = "kamailio" if "kamailio" in stats else None
-    rows = [["path", "calls ok/failed", "n 180", "INVITE->180 p50", "p95", "n 200",
-             "INVITE->200 p50", "p95", "180 ours/kam", "200 ours/kam", "180 ours/direct",
-             "200 ours/direct"]]
-    d = stats.get("direct")
-    k = stats.get(kam) if kam else None
+    refs = [(name, stats[name]) for name in ("kamailio", "kamailio@callee", "direct")
+            if name in stats]
+    head = ["path", "calls ok/failed", "n 180", "INVITE->180 p50", "p95", "n 200",
+            "INVITE->200 p50", "p95"]
+    for name, _ in refs:
+        short = {"kamailio": "kam", "kamailio@callee": "kam@callee"}.get(name, name)
+        head += [f"180 ours/{short}", f"200 ours/{short}"]
+    rows = [head]
     for path, s in stats.items():
         ours = path.startswith("sipdht")
-        rows.append([path, f"{s[6]}/{s[7]}", str(s[4]), fmt(s[0]), fmt(s[1]), str(s[5]),
-                     fmt(s[2]), fmt(s[3]),
-                     ratio(s[0], k[0]) if ours and k else "", ratio(s[2], k[2]) if ours and k else "",
-                     ratio(s[0], d[0]) if ours and d else "", ratio(s[2], d[2]) if ours and d else ""])
+        row = [path, f"{s[6]}/{s[7]}", str(s[4]), fmt(s[0]), fmt(s[1]), str(s[5]), fmt(s[2]),
+               fmt(s[3])]
+        for _, ref in refs:
+            row += [ratio(s[0], ref[0]), ratio(s[2], ref[2])] if ours else ["", ""]
+        rows.append(row)
+    d = stats.get("direct")
+    k = stats.get("kamailio")
     out = [f"## {lab.name} (ms; medians and p95 over all calls of the run)", table(rows)]
     first = stats.get("sipdht first")
     if first and d:
@@ -342,8 +362,10 @@ def report(lab: Lab, b: Bench) -> str:
                    f"(goal <= 1.5)")
     reused = stats.get("sipdht reused")
     if reused and k:
+        kc = stats.get("kamailio@callee")
         out.append(f"reused link INVITE->180 p50 / Kamailio's = {ratio(reused[0], k[0])} "
-                   f"(goal <= 1.2)")
+                   + (f"(proxy beside the callee: {ratio(reused[0], kc[0])}) " if kc else "")
+                   + "(goal <= 1.2)")
     if b.agents:
         probs = b.agents.problems()
         if probs:
@@ -413,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=float, default=2.0,
                     help="[ice] idle_timeout of the agents (s): how soon a link closes")
     ap.add_argument("--no-sipdht", action="store_true", help="only direct and Kamailio")
+    ap.add_argument("--sipdht-cmd", help="command that runs sipdht (default: .venv/bin/sipdht "
+                    "or python -m sipdht); its `run` must start the SIP gateway")
     ap.add_argument("--keep-logs", metavar="DIR", help="copy logs and SIPp traces here")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -423,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
-    sipdht_reason = "--no-sipdht" if args.no_sipdht else gateway_in_run()
+    sipdht_reason = ("--no-sipdht" if args.no_sipdht else
+                     None if args.sipdht_cmd else gateway_in_run())
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
     print(f"# SIP call setup: SIPp UAC -> {{SIPp UAS direct, Kamailio, sipdht A -> B}}; "
