@@ -257,10 +257,10 @@ def drive(sends: list[tuple[socket.socket, tuple[str, int], int]], receivers: li
                     next_at += period
         wait = max(0.0, min(next_at, end + 0.3) - time.monotonic())
         for key, _ in sel.select(min(wait, 0.001)):
-            s = key.fileobj
+            rsock: socket.socket = key.fileobj  # type: ignore[assignment]
             for _ in range(256):
                 try:
-                    data = s.recv(2048)  # type: ignore[union-attr]
+                    data = rsock.recv(2048)
                 except BlockingIOError:
                     break
                 t = time.monotonic_ns()
@@ -681,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sipdht-rtp-bench-") as tmp_s:
         tmp = Path(tmp_s)
         direct = direct_latency(args.seconds)
-        systems = []
+        systems: list[SipdhtPair | Forwarders] = []
         try:
             if reason is None:
                 t0 = time.monotonic()
