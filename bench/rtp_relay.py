@@ -15,7 +15,7 @@ type 0; the payload carries the stream number, a sequence number and the send ti
 (``time.monotonic_ns``), so the receiver (this process, same clock) gets the one-way
 latency of every packet. Three measurements per system, in the same run:
 
-1. latency: one call, 50 packets/s each way for ``--seconds`` s; one-way latency p50/p99,
+1. latency: one call, 50 packets/s one way for 2 x ``--seconds`` s; one-way latency p50/p99,
    and "added" = minus the same measure sent straight from socket to socket;
 2. concurrent calls (``--concurrency 1,10,50``): each call 50 packets/s each way; CPU of
    the two relay processes per call (% of one core), loss, latency p50/p99;
@@ -593,7 +593,7 @@ def gateway_in_run() -> str | None:
 
 def run_system(system, args: argparse.Namespace, levels: list[int],
                rates: list[int]) -> list[Result]:
-    out = [measure(system, "latency", 1, PPS_CALL, args.seconds, both_ways=False)]
+    out = [measure(system, "latency", 1, PPS_CALL, 2 * args.seconds, both_ways=False)]
     log(f"{system.name}: latency done")
     for k in levels:
         out.append(measure(system, "concurrent", k, PPS_CALL, args.seconds, both_ways=True))
@@ -606,6 +606,44 @@ def run_system(system, args: argparse.Namespace, levels: list[int],
         if res.loss > 0.2:
             break
     return out
+
+
+def headline(results: list[Result], system: str, d50: float, d99: float) -> dict[str, float]:
+    """The issue's figures for one system: packets/s per core (the best packets per CPU-second
+    of the busier relay over the loss-free throughput steps), added latency at one call, CPU
+    per call at the highest concurrency."""
+    mine = [r for r in results if r.system == system]
+    out = {"pps_core": float("nan"), "add50": float("nan"), "add99": float("nan"),
+           "cpu_call": float("nan"), "calls": 0}
+    steps = [r for r in mine if r.what == "throughput" and r.loss < 0.01 and min(r.cpu_s) > 0]
+    if steps:
+        out["pps_core"] = max(r.flow.received / max(r.cpu_s) for r in steps)
+    lat = [r for r in mine if r.what == "latency"]
+    if lat:
+        out["add50"] = median(lat[0].flow.latency_ms) - d50
+        out["add99"] = percentile(lat[0].flow.latency_ms, 99) - d99
+    conc = [r for r in mine if r.what == "concurrent"]
+    if conc:
+        top = max(conc, key=lambda r: r.calls)
+        out["cpu_call"] = sum(top.cpu_s) / max(1e-9, top.flow.wall - 0.3) * 100 / top.calls
+        out["calls"] = top.calls
+    return out
+
+
+def summary(results: list[Result], d50: float, d99: float) -> str:
+    systems = list(dict.fromkeys(r.system for r in results))
+    h = {s: headline(results, s, d50, d99) for s in systems}
+    rows = [["headline", *systems] + (["sipdht/forwarder"] if len(systems) == 2 else [])]
+    calls = int(max(v["calls"] for v in h.values()))
+    for key, label, d in (("pps_core", "packets/s per core (busier relay, loss-free steps)", 0),
+                          ("add50", "added one-way latency p50, 1 call (ms)", 3),
+                          ("add99", "added one-way latency p99, 1 call (ms)", 3),
+                          ("cpu_call", f"CPU per call, A+B, {calls} calls (% of a core)", 3)):
+        row = [label] + [fmt(h[s][key], d) for s in systems]
+        if len(systems) == 2:
+            row.append(ratio(h[systems[0]][key], h[systems[1]][key]))
+        rows.append(row)
+    return "summary (goals: >= 20,000 packets/s per core, added p99 <= 1 ms):\n" + table(rows)
 
 
 def report(results: list[Result], direct: Flow, args: argparse.Namespace) -> str:
@@ -650,6 +688,7 @@ def report(results: list[Result], direct: Flow, args: argparse.Namespace) -> str
                        fmt(cb / max(1, b.flow.received) * 1000, 4), ratio(ca / max(1, a.flow.received),
                                                                     cb / max(1, b.flow.received))])
         out.append("ratios (same run):\n" + table(rr))
+    out.append(summary(results, d50, d99))
     out.append("pkts per CPU-s = packets delivered / CPU seconds of that relay process (each "
                "packet crosses both: relay 1 = agent A / forwarder A, relay 2 = B); this is "
                "packets/s per core when the process is CPU-bound. CPU % = of one core.")
