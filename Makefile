@@ -1,4 +1,4 @@
-# Two entry points: `make run` and `make test` (see README.md).
+# Two entry points: `make run` and `make test` (see README.md); CI runs `.ci/run` = `make test`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -27,11 +27,17 @@ test-peers:
 	    --no-install-recommends $(APT_PEERS); \
 	else echo "not root: skipping apt install of $(APT_PEERS)"; fi
 
-test: test-peers venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+# Lint first, then the suite. pytest's exit code is also written to $SIPDHT_PYTEST_RC_FILE when
+# set, because make itself reports any failure as 2 (.ci/run exits with pytest's own code).
+test: lint test-peers
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ -n "$$SIPDHT_PYTEST_RC_FILE" ]; then echo $$rc > "$$SIPDHT_PYTEST_RC_FILE"; fi; \
+	exit $$rc
 
+# ruff on everything, mypy on the package (settings in pyproject.toml).
 lint: venv
 	$(VENV)/bin/ruff check sipdht tests bench plugins
+	$(VENV)/bin/mypy sipdht
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -6,6 +6,12 @@ nodes, then runs --gets gets (spread over those keys, each from a random node ot
 than the putter) concurrently, and prints hop counts (median, p95, max), how many
 gets found their value, simulated get latency and the wall time of each phase.
 
+Baseline for the hop counts: for each get, the fewest hops ANY lookup could need on the same
+routing tables at the moment the gets start (a breadth-first search that asks every node it
+knows at once, each answering with the K nodes it would really return, no loss); printed as
+the ratio sipdht/ideal. The textbook Kademlia estimate log2(N)/b, with b = log2(K) bits
+gained per hop, is printed beside it for scale.
+
     .venv/bin/python bench/sim_hops.py --nodes 500 --gets 200 --seed 1
     .venv/bin/python bench/sim_hops.py --nodes 2000 --loss 0.05 --latency 0.02 0.2
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import math
 import pstats
 import sys
 import time
@@ -25,8 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from sipdht.dht.engine import family_of  # noqa: E402
 from sipdht.dht.infohash import InfoHash  # noqa: E402
-from sipdht.dht.sim import build, summarize  # noqa: E402
+from sipdht.dht.routing import K  # noqa: E402
+from sipdht.dht.sim import SimNetwork, SimNode, build, summarize  # noqa: E402
 from sipdht.dht.values import new_value  # noqa: E402
 
 
@@ -51,6 +60,49 @@ def fmt(stats: dict[str, float], unit: str = "", digits: int = 2) -> str:
     if not stats["count"]:
         return "n/a"
     return " ".join(f"{k} {stats[k]:.{digits}f}{unit}" for k in ("median", "p95", "max"))
+
+
+class IdealLookup:
+    """Fewest lookup hops possible on a snapshot of the network's routing tables, counted as
+    the engine counts them: 1 = the K closest nodes were all in the requester's own table."""
+
+    def __init__(self, sim: SimNetwork) -> None:
+        self.sim = sim
+        self.by_addr = {n.addr: n for n in sim.nodes}
+        self._replies: dict[tuple[int, bytes], list[SimNode]] = {}
+
+    def _table(self, node: SimNode):
+        return node.engine.tables[family_of(node.addr)]
+
+    def _reply(self, node: SimNode, target: InfoHash) -> list[SimNode]:
+        """The nodes `node` would return to a find/get for target (as the engine answers)."""
+        key = (node.index, bytes(target))
+        if key not in self._replies:
+            found = self._table(node).closest(target, K, self.sim.now, good_only=True)
+            self._replies[key] = [self.by_addr[n.addr] for n in found if n.addr in self.by_addr]
+        return self._replies[key]
+
+    def hops(self, start: SimNode, target: InfoHash) -> float:
+        alive = [n for n in self.sim.nodes if n.alive and n is not start]
+        t = int.from_bytes(target, "big")
+        goal = {n.index for n in sorted(alive, key=lambda n: int.from_bytes(n.id, "big") ^ t)[:K]}
+        depth = {self.by_addr[n.addr].index: 0 for n in self._table(start).nodes()
+                 if n.addr in self.by_addr}
+        frontier, d = list(depth), 0
+        while frontier and not goal <= depth.keys():
+            nxt = []
+            for index in frontier:
+                node = self.sim.nodes[index]
+                if not node.alive:
+                    continue
+                for peer in self._reply(node, target):
+                    if peer.index not in depth and peer is not start:
+                        depth[peer.index] = d + 1
+                        nxt.append(peer.index)
+            frontier, d = nxt, d + 1
+        if not goal <= depth.keys():
+            return math.inf
+        return 1 + max(depth[i] for i in goal)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         node = rng.choice([n for n in sim.nodes if n is not putters[j] and n.alive])
         requests.append((node, pairs[j][0]))
         expected.append(pairs[j][1])
+    ideal_lookup = IdealLookup(sim)     # the tables as the gets find them
+    ideal = [ideal_lookup.hops(node, key) for node, key in requests]
     t2 = time.perf_counter()
     results = sim.get_all(requests, timeout=args.timeout)
     t_get = time.perf_counter() - t2
@@ -104,6 +158,13 @@ def run(args: argparse.Namespace) -> int:
           f"{sum(r.ok for r in results)}, timed out {sum(r.done is None for r in results)}; "
           f"{t_get:.2f} s wall")
     print(f"hops:    {fmt(hops, digits=1)} mean {hops['mean']:.2f}")
+    best = summarize(h for h in ideal if h != math.inf)
+    pairs_done = [(r.done.hops, h) for r, h in zip(results, ideal, strict=True)
+                  if r.done is not None and h != math.inf]
+    ratio = (sum(a for a, _ in pairs_done) / sum(b for _, b in pairs_done)) if pairs_done else math.nan
+    print(f"ideal:   {fmt(best, digits=1)} mean {best['mean']:.2f} (fewest hops on the same "
+          f"tables; {sum(h == math.inf for h in ideal)} unreachable); sipdht/ideal {ratio:.2f}")
+    print(f"         Kademlia estimate log2(N)/log2(K) = {math.log2(args.nodes) / math.log2(K):.2f}")
     print(f"latency: {fmt(latency, ' s', 3)} (simulated)")
     totals = sim.engine_stats()
     print(f"network: {dict(sim.stats)}; requests expired {totals['requests_expired']}")

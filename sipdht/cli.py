@@ -14,9 +14,13 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import __version__, identity
+from . import __version__
 from .config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from . import identity
 
 log = logging.getLogger("sipdht")
 
@@ -49,8 +53,8 @@ def command(name: str, help_text: str, setup: Callable[[argparse.ArgumentParser]
     return register
 
 
-def _common_options(config_default, verbose_default) -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common_options(config_default, verbose_default) -> _Parser:
+    common = _Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=config_default,
                         help=f"INI file (default: {USER_CONFIG} if it exists, else built-in defaults)")
     common.add_argument("-v", "--verbose", action="store_true", default=verbose_default,
@@ -90,11 +94,15 @@ def setup_logging(config: Config, verbose: bool) -> None:
 
 
 def load_identity(config: Config, location: str | Path | None = None) -> identity.Identity:
+    from . import identity  # not at the top: a plain DHT node needs no crypto
+
     passphrase = identity.passphrase_from_env(config.identity.passphrase_env)
     return identity.load(location or config.identity_path, passphrase)
 
 
 def load_or_create_identity(config: Config) -> identity.Identity:
+    from . import identity
+
     key_path, _ = identity.identity_files(config.identity_path)
     if key_path.exists():
         return load_identity(config)
@@ -143,9 +151,26 @@ def run_async(coro) -> int:
         return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    from . import commands  # noqa: F401  (registers the subcommands)
+def _command_name(argv: list[str] | None) -> str | None:
+    """The subcommand argv names, found before the full parser is built so that only its
+    module need be imported (a plain `sipdht node` then loads no crypto)."""
+    pre = argparse.ArgumentParser(add_help=False, parents=[_common_options(None, False)])
+    pre.add_argument("command", nargs="?")
+    known, _ = pre.parse_known_args(argv)
+    return known.command
 
+
+def _failure_types() -> tuple[type[BaseException], ...]:
+    """Errors reported in one line with exit 1; IdentityError only if identity was loaded
+    (it cannot have been raised otherwise)."""
+    identity = sys.modules.get(f"{__package__}.identity")
+    return (OperationFailed, OSError) + ((identity.IdentityError,) if identity else ())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import commands
+
+    commands.load_for(_command_name(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -158,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"sipdht: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (identity.IdentityError, OperationFailed, OSError) as exc:
-        print(f"sipdht: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:
+        if not isinstance(exc, _failure_types()):
+            raise
+        print(f"sipdht: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 

@@ -20,6 +20,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path("~/.local/share/sipdht")
+# The public OpenDHT network's bootstrap, as used by dhtnode's examples and Jami (port 4222).
+PUBLIC_BOOTSTRAP = ("bootstrap.jami.net", 4222)
 ACCOUNT_ID_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -195,7 +197,8 @@ class DhtConfig:
     bind6: str = _opt("::", text)
     ipv4: bool = _opt(True, boolean)
     ipv6: bool = _opt(True, boolean)
-    bootstrap: list[tuple[str, int]] = _opt(list, hostport_list(4222), factory=True)
+    bootstrap: list[tuple[str, int]] = _opt(lambda: [PUBLIC_BOOTSTRAP], hostport_list(4222),
+                                            factory=True)
     network: int = _opt(0, int_range(0, 2**32 - 1))
     state_file: Path | None = _opt(None, path)
     rate_limit: bool = _opt(True, boolean)
@@ -299,14 +302,18 @@ def _load_contacts(items: dict[str, str], source: Path) -> dict[str, str]:
     return contacts
 
 
+class _CaseKeepingParser(configparser.ConfigParser):
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr   # aliases in [contacts] keep their case
+
+
 def load_config(source: str | Path | None) -> Config:
     """Read an INI file; None gives the embedded defaults."""
     config = Config()
     if source is None:
         return config
     source = Path(source)
-    parser = configparser.ConfigParser(interpolation=None, default_section="\x00none")
-    parser.optionxform = str  # aliases in [contacts] keep their case
+    parser = _CaseKeepingParser(interpolation=None, default_section="\x00none")
     try:
         with open(source, encoding="utf-8") as fh:
             parser.read_file(fh)

@@ -19,7 +19,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
+
+from .files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ class IdentityError(Exception):
     """The identity cannot be created or loaded; the message is user-facing."""
 
 
-def spki_der(public_key: rsa.RSAPublicKey) -> bytes:
+def spki_der(public_key: CertificatePublicKeyTypes) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -122,16 +125,9 @@ def identity_files(location: str | Path) -> tuple[Path, Path]:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Write via a 0600 temporary file and rename, so the key is never world-readable."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """0600, via a new temporary file (O_EXCL|O_NOFOLLOW, random name) and a rename, so the
+    key is never world-readable nor written through a planted symlink."""
+    write_private(path, data)
 
 
 def save(identity: Identity, location: str | Path, passphrase: bytes | None = None,

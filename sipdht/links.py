@@ -20,6 +20,8 @@ from .tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
+IDLE_CHECK_MIN = 1.0         # seconds between two idle checks, at least
+
 Subscriber = Callable[[Link, IncomingLink | None], None]
 
 
@@ -100,7 +102,7 @@ class LinkPool:
 
     async def _idle_loop(self) -> None:
         while True:
-            await asyncio.sleep(max(1.0, min(30.0, self.idle_timeout / 4)))
+            await asyncio.sleep(max(IDLE_CHECK_MIN, min(30.0, self.idle_timeout / 4)))
             now = time.monotonic()
             for link in self.all():
                 quiet = now - getattr(link, "last_used", now)

@@ -28,7 +28,7 @@ def test_shipped_config_is_valid_and_documents_every_option(caplog):
 
 def test_defaults_without_file():
     cfg = load_config(None)
-    assert cfg.dht.bootstrap == [] and cfg.policy.unknown == "accept"
+    assert cfg.dht.bootstrap == [("bootstrap.jami.net", 4222)] and cfg.policy.unknown == "accept"
     assert cfg.identity_path.name == "identity"
 
 

@@ -8,8 +8,8 @@ import contextlib
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from .. import identity as identity_mod
 from ..cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -21,11 +21,14 @@ from ..cli import (
     stop_on_signals,
 )
 from ..config import Config, parse_hostport
-from ..dht.crypto import CryptoError
 from ..dht.infohash import InfoHash
 from ..dht.node import DhtNode, NodeConfig
-from ..dht.secure import SecureDht, SecureValue
+from ..dht.policies import secure_policy
 from ..dht.values import Value, new_value
+
+if TYPE_CHECKING:      # get/put/listen import these when run: a plain node needs no crypto
+    from ..dht.secure import SecureDht, SecureValue
+    from ..identity import Identity
 
 log = logging.getLogger("sipdht.dht")
 
@@ -38,7 +41,8 @@ def _hostport(raw: str) -> tuple[str, int]:
 
 
 def _network_args(p: argparse.ArgumentParser, default_port: str) -> None:
-    p.add_argument("--port", type=int, metavar="P", help=f"UDP port ({default_port}; 0 = ephemeral)")
+    p.add_argument("--port", "-p", type=int, metavar="PORT",
+                   help=f"UDP port ({default_port}; 0 = ephemeral)")
     p.add_argument("--bootstrap", "-b", action="append", type=_hostport, metavar="HOST:PORT",
                    help="bootstrap node (repeatable; default: [dht] bootstrap)")
     p.add_argument("--network", "-n", type=int, metavar="N", help="network id (default: [dht] network)")
@@ -68,6 +72,9 @@ def node_config(args: argparse.Namespace, config: Config, client: bool) -> NodeC
         max_storage=dht.max_storage_mb * 1024 * 1024,
         bootstrap=args.bootstrap or dht.bootstrap,
         state_file=dht.state_file,
+        # the composition root picks the store policy: OpenDHT SecureDht's, whose checks
+        # load cryptography only when a signed value or a certificate arrives
+        policy=secure_policy(),
     )
 
 
@@ -100,8 +107,10 @@ def format_secure(sv: SecureValue) -> str:
     return format_value(sv.value, sv.signer, sv.encrypted)
 
 
-def _identity_or_ephemeral(config: Config) -> identity_mod.Identity:
+def _identity_or_ephemeral(config: Config) -> Identity:
     """Our identity decrypts values sent to us; without one, only signatures are checked."""
+    from .. import identity as identity_mod
+
     key_path, _ = identity_mod.identity_files(config.identity_path)
     if key_path.exists():
         return load_identity(config)
@@ -132,6 +141,8 @@ def _remaining(deadline: float) -> float:
 
 @command("get", "print the values stored at KEY on the DHT (signatures checked)", _client_args)
 def cmd_get(args: argparse.Namespace, config: Config) -> int:
+    from ..dht.secure import SecureDht
+
     ident = _identity_or_ephemeral(config)
 
     async def main() -> int:
@@ -164,6 +175,9 @@ def _put_args(p: argparse.ArgumentParser) -> None:
 
 
 async def _put_value(args: argparse.Namespace, node: DhtNode, config: Config) -> tuple[Value, int]:
+    from ..dht.crypto import CryptoError
+    from ..dht.secure import SecureDht
+
     key, data = InfoHash.from_key(args.key), args.text.encode()
     if not (args.signed or args.encrypt_to):
         value = new_value(data, type=args.type, utype="text/plain")
@@ -211,6 +225,8 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
 @command("listen", "print values as they are put at KEY (refreshed/expired ones marked)",
          _listen_args)
 def cmd_listen(args: argparse.Namespace, config: Config) -> int:
+    from ..dht.secure import SecureDht
+
     ident = _identity_or_ephemeral(config)
 
     async def main() -> int:

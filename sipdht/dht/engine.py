@@ -213,6 +213,8 @@ class DhtEngine:
         if msg.network != self.network:
             self.stats["dropped_network"] += 1
             return
+        if not self._admit(msg, addr, now):
+            return
         msg = self._reassemble(msg, addr, now)
         if msg is None:
             return
@@ -346,6 +348,27 @@ class DhtEngine:
             req.node.failures = MAX_FAILURES
         req.on_expire(now)
 
+    def _admit(self, msg: Message, addr: Addr, now: float) -> bool:
+        """Before any reassembly work, as OpenDHT does: a query, or a fragment that would
+        open a partial message, passes the rate limiter (a query whose fragments came first
+        was charged then); a fragmented reply must answer one of our requests."""
+        if msg.kind == "r" and msg.value_sizes and not self._expected(msg, addr):
+            self.stats["unmatched_reply"] += 1
+            return False
+        if msg.kind == "p":
+            limited = not self.reassembler.has(addr, msg.tid)
+        else:
+            limited = msg.kind == "q" and not (
+                msg.value_sizes and self.reassembler.awaiting_header(addr, msg.tid))
+        if limited and not self.limits.allow(addr[0], now):
+            self.stats["dropped_rate_limit"] += 1
+            return False
+        return True
+
+    def _expected(self, msg: Message, addr: Addr) -> bool:
+        req = self.requests.get(msg.tid)
+        return (req is not None and req.addr == addr) or msg.tid in self.listen_sids
+
     def _reassemble(self, msg: Message, addr: Addr, now: float) -> Message | None:
         if msg.kind == "p":
             done = self.reassembler.fragment(msg, addr, now)
@@ -404,9 +427,7 @@ class DhtEngine:
     # --- serving queries --------------------------------------------------------------------
 
     def _on_query(self, msg: Message, addr: Addr, now: float) -> None:
-        if not self.limits.allow(addr[0], now):
-            self.stats["dropped_rate_limit"] += 1
-            return
+        # rate limited in _admit, before reassembly
         self.stats[f"query_{msg.query}"] += 1
         if not msg.client:
             self._heard_query(msg.id, addr, now)

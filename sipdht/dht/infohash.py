@@ -10,6 +10,9 @@ HASH_LEN = 20
 _HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")
 
 
+_Int = int          # `InfoHash.int` shadows the builtin inside the class body
+
+
 class InfoHash(bytes):
     """Immutable 20-byte id; bytes subclass so it packs as msgpack bin directly."""
 
@@ -37,13 +40,13 @@ class InfoHash(bytes):
         return cls(os.urandom(HASH_LEN))
 
     @property
-    def int(self) -> int:
-        return int.from_bytes(self, "big")
+    def int(self) -> _Int:
+        return _Int.from_bytes(self, "big")
 
-    def distance(self, other: bytes) -> int:
-        return int.from_bytes(self, "big") ^ int.from_bytes(other, "big")
+    def distance(self, other: bytes) -> _Int:
+        return _Int.from_bytes(self, "big") ^ _Int.from_bytes(other, "big")
 
-    def common_bits(self, other: bytes) -> int:
+    def common_bits(self, other: bytes) -> _Int:
         """Length of the common prefix, in bits."""
         x = self.distance(other)
         return 160 - x.bit_length()

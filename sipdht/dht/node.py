@@ -16,17 +16,22 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import write_private
 from . import events as ev
-from .crypto import verify_value
+from .bootstrap import Joiner
 from .engine import DhtEngine, family_of
 from .infohash import InfoHash
 from .messages import Addr
+from .policies import secure_policy
 from .storage import EditPolicy
 from .values import Query, Value
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 4222
+# A bug reached by remote input is logged at most this often (one line, no traceback):
+# a peer repeating the datagram must not fill the log.
+ERROR_LOG_INTERVAL = 60.0
 
 
 @dataclass
@@ -43,7 +48,9 @@ class NodeConfig:
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     state_file: Path | None = None
     node_id: InfoHash | None = None
-    policy: EditPolicy | None = None
+    # The store policy; the composition root may pass plain_policy(). The default checks
+    # signatures and certificates, importing cryptography only when one arrives.
+    policy: EditPolicy = field(default_factory=secure_policy)
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -83,13 +90,15 @@ class Listen:
 class DhtNode:
     def __init__(self, config: NodeConfig | None = None) -> None:
         self.config = config or NodeConfig()
-        self.engine: DhtEngine | None = None  # type: ignore[assignment]
+        self.engine: DhtEngine = None  # type: ignore[assignment]  # set by start()
         self._transports: dict[int, asyncio.DatagramTransport] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._pending: dict[int, asyncio.Future[int]] = {}      # put op -> nodes that took it
         self._streams: dict[int, asyncio.Queue[list[Value] | None]] = {}
         self._listens: dict[int, Listen] = {}
         self._connected = asyncio.Event()
+        self._next_error_log = float("-inf")
+        self._joining: asyncio.Task[None] | None = None
         self.port = 0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -100,18 +109,22 @@ class DhtNode:
         families = tuple(f for f, on in ((4, cfg.ipv4), (6, cfg.ipv6)) if on)
         self.engine = DhtEngine(cfg.node_id, network=cfg.network, rate_limit=cfg.rate_limit,
                                 max_storage=cfg.max_storage, client_only=cfg.client_only,
-                                policy=cfg.policy or EditPolicy(verify_value), families=families, now=loop.time(),
+                                policy=cfg.policy, families=families, now=loop.time(),
                                 epoch_offset=time.time() - loop.time())
         await self._bind(families)
         self.engine.families = tuple(self._transports)
         self._load_state()
-        addrs = await self._resolve(cfg.bootstrap)
-        if addrs:
-            self.engine.bootstrap(addrs, loop.time())
+        joiner = Joiner(self, cfg.bootstrap, self.engine.families)
+        await joiner.attempt()       # resolved and pinged when start() returns, as before
+        self._joining = asyncio.create_task(joiner.run())   # retries, says when unreachable
         self._after()
 
     async def stop(self) -> None:
         self._save_state()
+        if self._joining:
+            self._joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._joining
         if self._timer:
             self._timer.cancel()
         for t in self._transports.values():
@@ -163,21 +176,6 @@ class DhtNode:
         sock.setblocking(False)
         return sock
 
-    async def _resolve(self, hosts: list[tuple[str, int]]) -> list[Addr]:
-        loop = asyncio.get_running_loop()
-        out: list[Addr] = []
-        for host, port in hosts:
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            except OSError as exc:
-                log.warning("bootstrap %s:%d: cannot resolve: %s", host, port, exc)
-                continue
-            for info in infos:
-                addr = (info[4][0], info[4][1])
-                if family_of(addr) in self._transports and addr not in out:
-                    out.append(addr)
-        return out
-
     # --- state file -------------------------------------------------------------------------
 
     def _load_state(self) -> None:
@@ -202,9 +200,12 @@ class DhtNode:
         nodes = [[n.id.hex(), n.addr[0], n.addr[1]] for n in self.engine.good_nodes(now)]
         if not nodes:
             return
-        with contextlib.suppress(OSError):
+        state = json.dumps({"node_id": self.engine.id.hex(), "nodes": nodes}).encode()
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"node_id": self.engine.id.hex(), "nodes": nodes}))
+            write_private(path, state)      # 0600, atomic: it tells where this node lives
+        except OSError as exc:
+            log.warning("%s: cannot save the DHT state: %s", path, exc)
 
     # --- the sans-IO pump -------------------------------------------------------------------
 
@@ -212,13 +213,30 @@ class DhtNode:
         return asyncio.get_running_loop().time()
 
     def _receive(self, data: bytes, addr: Addr) -> None:
-        self.engine.receive_datagram(data, addr, self._now())
+        try:
+            self.engine.receive_datagram(data, addr, self._now())
+        except Exception as exc:  # a bug that remote input reached: count, never crash or flood
+            self._remote_error("receive_errors", exc, f"a datagram from {addr[0]}:{addr[1]}")
         self._after()
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.engine.handle_timer(self._now())
+        try:
+            self.engine.handle_timer(self._now())
+        except Exception as exc:  # state built from remote input; the timer must keep running
+            self._remote_error("timer_errors", exc, "a timer")
         self._after()
+
+    def _remote_error(self, counter: str, exc: Exception, where: str) -> None:
+        stats = self.engine.stats
+        stats[counter] += 1
+        now = self._now()
+        if now < self._next_error_log:
+            return
+        self._next_error_log = now + ERROR_LOG_INTERVAL
+        log.warning("handling %s raised %s: %s (%d receive / %d timer errors so far; "
+                    "logged at most every %g s)", where, type(exc).__name__, exc,
+                    stats["receive_errors"], stats["timer_errors"], ERROR_LOG_INTERVAL)
 
     def _after(self) -> None:
         engine, now = self.engine, self._now()
@@ -279,8 +297,8 @@ class DhtNode:
         except TimeoutError:
             return False
 
-    def bootstrap(self, addr: Addr) -> None:
-        self.engine.bootstrap([addr], self._now())
+    def bootstrap(self, *addrs: Addr) -> None:
+        self.engine.bootstrap(list(addrs), self._now())
         self._after()
 
     async def get(self, key: InfoHash, query: Query | None = None) -> list[Value]:

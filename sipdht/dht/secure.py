@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import warnings
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import msgpack
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..identity import Identity, key_id, long_key_id
 from .crypto import (
     CryptoError,
+    SignerMismatch,
+    certificate_public_key,
     decrypt_value,
     encrypt_value,
     public_key_der,
@@ -31,13 +31,11 @@ from .crypto import (
 )
 from .infohash import InfoHash
 from .node import DhtNode, Listen
-from .values import FIELD_ID, Query, Value, ValueType, random_id, register_type
+from .values import CERTIFICATE_TYPE, FIELD_ID, Query, Value, random_id
 
 log = logging.getLogger(__name__)
 
-CERTIFICATE_TYPE = 8
 CERTIFICATE_VALUE_ID = 1
-register_type(ValueType(CERTIFICATE_TYPE, "certificate", 7 * 86400))
 
 
 @dataclass(frozen=True)
@@ -59,16 +57,9 @@ def stable_value_id(identity: Identity, key: InfoHash) -> int:
 
 
 def account_key_from_certificate(value: Value) -> rsa.RSAPublicKey | None:
-    """A type-8 value's data is a msgpack bin holding the PEM chain; own cert first."""
-    try:
-        pem = msgpack.unpackb(value.data, raw=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # OpenDHT 2.4 writes negative serials
-            cert = x509.load_pem_x509_certificates(pem)[0]
-        key = cert.public_key()
-    except Exception:  # garbage from the network: not a certificate
-        return None
-    return key if isinstance(key, rsa.RSAPublicKey) else None
+    """A type-8 value's data is a msgpack bin holding the PEM chain; own cert first.
+    None unless it holds a certificate with a usable RSA key (see crypto.load_public_key)."""
+    return certificate_public_key(bytes(value.data))
 
 
 class SecureDht:
@@ -86,30 +77,42 @@ class SecureDht:
 
     # --- checking what comes from the network -----------------------------------------------
 
-    def check(self, value: Value) -> SecureValue | None:
-        """The verified form of a value, or None (counted) when it must be ignored."""
-        if value.cypher is not None:
-            try:
-                clear = decrypt_value(self.identity, value)
-            except CryptoError as exc:
-                self.stats["not_for_us" if "this identity" in str(exc) else "bad_encrypted"] += 1
-                return None
-            return SecureValue(clear, key_id(bytes(clear.owner)).hex(), True)
-        if value.owner is not None:
-            if not verify_value(value):
-                self.stats["bad_signature"] += 1
-                return None
-            return SecureValue(value, key_id(bytes(value.owner)).hex())
-        return SecureValue(value, None)
+    def check(self, value: Value, owner: str | None = None) -> SecureValue | None:
+        """The verified form of a value, or None (counted) when it must be ignored.
 
-    def _accept(self, value: Value, owner: str | None) -> SecureValue | None:
-        checked = self.check(value)
-        if checked is None:
-            return None
-        if owner is not None and checked.signer != owner:
+        With `owner` (an account id), a value signed by anyone else is dropped before its
+        signature is verified: a stranger's value costs no RSA work.
+        """
+        if value.cypher is not None:
+            return self._decrypt(value, owner)
+        if value.owner is None:
+            if owner is not None:
+                self.stats["owner_mismatch"] += 1
+                return None
+            return SecureValue(value, None)
+        signer = key_id(bytes(value.owner)).hex()
+        if owner is not None and signer != owner:
             self.stats["owner_mismatch"] += 1
             return None
-        return checked
+        if not verify_value(value):
+            self.stats["bad_signature"] += 1
+            return None
+        return SecureValue(value, signer)
+
+    def _decrypt(self, value: Value, owner: str | None) -> SecureValue | None:
+        try:
+            clear = decrypt_value(self.identity, value,
+                                  bytes.fromhex(owner) if owner is not None else None)
+        except SignerMismatch:
+            self.stats["owner_mismatch"] += 1
+            return None
+        except CryptoError as exc:
+            self.stats["not_for_us" if "this identity" in str(exc) else "bad_encrypted"] += 1
+            return None
+        return SecureValue(clear, key_id(bytes(clear.owner or b"")).hex(), True)
+
+    def _accept(self, value: Value, owner: str | None) -> SecureValue | None:
+        return self.check(value, owner)
 
     async def get(self, key: InfoHash, owner: str | None = None) -> list[SecureValue]:
         """Verified values at key; with `owner`, only those signed by that account."""

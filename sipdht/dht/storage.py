@@ -14,10 +14,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .infohash import InfoHash
-from .values import MAX_VALUE_SIZE, Query, Value, to_sign, type_expiration
+from .values import (
+    CERTIFICATE_TYPE,
+    MAX_VALUE_SIZE,
+    Query,
+    Value,
+    to_sign,
+    type_expiration,
+)
 
 MAX_VALUES_PER_KEY = 65536
 DEFAULT_MAX_TOTAL = 64 * 1024 * 1024
+# What one stored value costs in CPython 3.11 besides its bytes (Value, StoredValue, dict and
+# heap entries): measured 570 B in an existing key, 1030 B with a key of its own. Charged to
+# the quota, so that empty values cannot fill memory for free.
+VALUE_OVERHEAD = 1024
+# One source IP may hold this many values in all, and this many under one key. OpenDHT has
+# no such cap (only the 64 MiB quota and 65,536 values per key).
+MAX_VALUES_PER_SOURCE = 8192
+MAX_VALUES_PER_SOURCE_KEY = 256
+# A remote value lives at most this long (OpenDHT's longest short type, 15 min), unless its
+# type has a store check that proves it legitimate (a certificate at its key id). Otherwise
+# anyone could keep any data for 7 days by calling it a type 4 or 8.
+MAX_REMOTE_LIFETIME = 900.0
 LISTENER_EXPIRE_TIME = 600.0
 
 # Lazy heaps are rebuilt when stale entries outnumber live ones by this much.
@@ -51,22 +70,52 @@ class StoredValue:
     source: str | None  # IP of a remote put; None for local puts (not under the remote quota)
 
 
-class EditPolicy:
-    """OpenDHT's default store/edit policy; the secure layer passes a real signature verifier."""
+# Key hashes a certificate's data may be stored at (empty when it is not a certificate).
+CertificateKeys = Callable[[bytes], tuple[bytes, ...]]
 
-    def __init__(self, verify: Callable[[Value], bool] | None = None) -> None:
-        # None: signatures are not checked (plain DHT, like a non-secure OpenDHT node)
+
+class EditPolicy:
+    """OpenDHT's store/edit policy. The composition root passes the checks that need crypto
+    (see policies.py); without them signatures and certificates are not checked, as on a
+    plain (non-secure) OpenDHT node."""
+
+    def __init__(self, verify: Callable[[Value], bool] | None = None,
+                 certificate_keys: CertificateKeys | None = None) -> None:
         self.verify = verify
+        self.certificate_keys = certificate_keys
 
     def _signature_ok(self, value: Value) -> bool:
         return self.verify is None or self.verify(value)
+
+    def _checks_certificate(self, value: Value) -> bool:
+        return value.type == CERTIFICATE_TYPE and self.certificate_keys is not None
+
+    def lifetime(self, value: Value, remote: bool) -> float:
+        """How long the storer keeps a value: its type's lifetime, capped for remote values
+        whose type has no store check."""
+        life = type_expiration(value.type)
+        if not remote or self._checks_certificate(value):
+            return life
+        return min(life, MAX_REMOTE_LIFETIME)
 
     def store_ok(self, key: InfoHash, value: Value) -> str | None:
         """None if a value with a new id may be stored, else the reason it may not."""
         if value.size() > MAX_VALUE_SIZE:
             return f"value too big ({value.size()} > {MAX_VALUE_SIZE} bytes)"
+        if self._checks_certificate(value):
+            assert self.certificate_keys is not None
+            if bytes(key) not in self.certificate_keys(value.data):
+                return "not a certificate whose key hashes to this key"
         if value.is_signed and not self._signature_ok(value):
             return "signature verification failed"
+        return None
+
+    def _certificate_edit_ok(self, old: Value, new: Value) -> str | None:
+        """OpenDHT: a certificate is replaced only by a certificate of the same key."""
+        assert self.certificate_keys is not None
+        keys = self.certificate_keys(new.data)
+        if not keys or keys != self.certificate_keys(old.data):
+            return "certificate of another key"
         return None
 
     def edit_ok(self, key: InfoHash, old: Value, new: Value) -> str | None:
@@ -77,6 +126,8 @@ class EditPolicy:
         """
         if new.size() > MAX_VALUE_SIZE:
             return f"value too big ({new.size()} > {MAX_VALUE_SIZE} bytes)"
+        if self._checks_certificate(old):
+            return self._certificate_edit_ok(old, new)
         if not old.is_signed:
             return "unsigned value cannot be edited"
         if new.owner != old.owner:
@@ -105,6 +156,7 @@ class _Bucket:
     """Everything stored under one key; it lives while it has values or listeners."""
     values: dict[int, StoredValue] = field(default_factory=dict)
     listeners: dict[tuple[bytes, int], Listener] = field(default_factory=dict)
+    by_source: dict[str, int] = field(default_factory=dict)   # remote values per source IP
 
     @property
     def empty(self) -> bool:
@@ -115,10 +167,16 @@ class Storage:
     """Values and listeners per key, with OpenDHT's lifetimes, edit rules and remote quota."""
 
     def __init__(self, max_total: int = DEFAULT_MAX_TOTAL, policy: EditPolicy | None = None,
-                 max_per_key: int = MAX_VALUES_PER_KEY) -> None:
+                 max_per_key: int = MAX_VALUES_PER_KEY, value_overhead: int = VALUE_OVERHEAD,
+                 max_per_source: int = MAX_VALUES_PER_SOURCE,
+                 max_per_source_key: int = MAX_VALUES_PER_SOURCE_KEY) -> None:
         self.max_total = max_total
         self.policy = policy or EditPolicy()
         self.max_per_key = max_per_key
+        self.value_overhead = value_overhead
+        self.max_per_source = max_per_source
+        self.max_per_source_key = max_per_source_key
+        self._source_count: dict[str, int] = {}  # remote values per source IP
         self._buckets: dict[InfoHash, _Bucket] = {}
         self._total = 0
         self._remote = 0
@@ -134,10 +192,12 @@ class Storage:
 
     @property
     def total_size(self) -> int:
+        """Bytes charged for every value: its size plus VALUE_OVERHEAD."""
         return self._total
 
     @property
     def remote_size(self) -> int:
+        """What remote values are charged; the quota applies to this."""
         return self._remote
 
     @property
@@ -157,7 +217,7 @@ class Storage:
               created: float | None = None) -> StoreResult:
         """Store a put (local when source is None); the lifetime starts at min(created, now)."""
         start = now if created is None else min(created, now)
-        if start + type_expiration(value.type) <= now:
+        if start + self.policy.lifetime(value, source is not None) <= now:
             return StoreResult(StoreStatus.REFUSED, "already expired")
         bucket = self._buckets.get(key)
         old = bucket.values.get(value.id) if bucket else None
@@ -174,14 +234,14 @@ class Storage:
         if old.value.same_content(value):
             # A local re-put adopts the value, so the remote quota can no longer evict it.
             new_source = None if source is None else old.source
-            fresh = StoredValue(old.value, start, max(old.expiration, self._end(value, start)),
-                                new_source)
+            end = self._end(value, start, new_source)
+            fresh = StoredValue(old.value, start, max(old.expiration, end), new_source)
             self._replace(key, old, fresh)
             return StoreResult(StoreStatus.REFRESHED)
         reason = self.policy.edit_ok(key, old.value, value)
         if reason is not None:
             return StoreResult(StoreStatus.REFUSED, reason)
-        self._replace(key, old, StoredValue(value, start, self._end(value, start), source))
+        self._replace(key, old, StoredValue(value, start, self._end(value, start, source), source))
         return StoreResult(StoreStatus.EDITED)
 
     def _store_new(self, key: InfoHash, value: Value, start: float,
@@ -189,13 +249,24 @@ class Storage:
         reason = self.policy.store_ok(key, value)
         if reason is not None:
             return StoreResult(StoreStatus.REFUSED, reason)
-        bucket = self._buckets.setdefault(key, _Bucket())
-        if len(bucket.values) >= self.max_per_key:
-            if bucket.empty:
-                del self._buckets[key]
-            return StoreResult(StoreStatus.REFUSED, "too many values for this key")
-        self._replace(key, None, StoredValue(value, start, self._end(value, start), source))
+        reason = self._room_for(key, source)
+        if reason is not None:
+            return StoreResult(StoreStatus.REFUSED, reason)
+        self._replace(key, None, StoredValue(value, start, self._end(value, start, source), source))
         return StoreResult(StoreStatus.NEW)
+
+    def _room_for(self, key: InfoHash, source: str | None) -> str | None:
+        """None if one more value fits under key (for this source), else why not."""
+        bucket = self._buckets.get(key)
+        if bucket is not None and len(bucket.values) >= self.max_per_key:
+            return "too many values for this key"
+        if source is None:
+            return None
+        if self._source_count.get(source, 0) >= self.max_per_source:
+            return "too many values from this source"
+        if bucket is not None and bucket.by_source.get(source, 0) >= self.max_per_source_key:
+            return "too many values from this source for this key"
+        return None
 
     def _apply_quota(self, key: InfoHash, vid: int, result: StoreResult) -> StoreResult:
         """Evict over-quota remote values; a value that listeners never saw is not reported."""
@@ -229,7 +300,7 @@ class Storage:
         old = bucket.values.get(vid)
         if old is None:
             return False
-        end = max(old.expiration, self._end(old.value, now))
+        end = max(old.expiration, self._end(old.value, now, old.source))
         self._replace(key, old, StoredValue(old.value, now, end, old.source))
         return True
 
@@ -297,21 +368,22 @@ class Storage:
 
     # --- internals -------------------------------------------------------------------------
 
-    @staticmethod
-    def _end(value: Value, start: float) -> float:
-        return start + type_expiration(value.type)
+    def _end(self, value: Value, start: float, source: str | None) -> float:
+        return start + self.policy.lifetime(value, source is not None)
 
     def _replace(self, key: InfoHash, old: StoredValue | None, new: StoredValue) -> None:
         """Put `new` in place of `old` (same id, same position), keeping every total right."""
+        bucket = self._buckets.setdefault(key, _Bucket())
         if old is not None:
-            self._account(old, -1)
-        self._buckets.setdefault(key, _Bucket()).values[new.value.id] = new
-        self._account(new, +1)
+            self._account(bucket, old, -1)
+        bucket.values[new.value.id] = new
+        self._account(bucket, new, +1)
         self._push(key, new)
 
     def _remove(self, key: InfoHash, vid: int) -> StoredValue:
-        sv = self._buckets[key].values.pop(vid)
-        self._account(sv, -1)
+        bucket = self._buckets[key]
+        sv = bucket.values.pop(vid)
+        self._account(bucket, sv, -1)
         return sv
 
     def _drop_if_empty(self, key: InfoHash) -> None:
@@ -319,18 +391,16 @@ class Storage:
         if bucket is not None and bucket.empty:
             del self._buckets[key]
 
-    def _account(self, sv: StoredValue, sign: int) -> None:
-        size = sv.value.size() * sign
+    def _account(self, bucket: _Bucket, sv: StoredValue, sign: int) -> None:
+        size = (sv.value.size() + self.value_overhead) * sign
         self._total += size
         self._count += sign
         if sv.source is None:
             return
         self._remote += size
-        usage = self._usage.get(sv.source, 0) + size
-        if usage > 0:
-            self._usage[sv.source] = usage
-        else:
-            self._usage.pop(sv.source, None)
+        _add(self._usage, sv.source, size)
+        _add(self._source_count, sv.source, sign)
+        _add(bucket.by_source, sv.source, sign)
 
     def _push(self, key: InfoHash, sv: StoredValue) -> None:
         self._tick += 1
@@ -380,3 +450,12 @@ class Storage:
             sv = self.get_stored(key, vid)
             if sv is not None and sv.source == source and sv.created == created:
                 return key, vid
+
+
+def _add(counts: dict[str, int], source: str, n: int) -> None:
+    """Add n to a per-source counter, forgetting sources that drop to zero."""
+    total = counts.get(source, 0) + n
+    if total > 0:
+        counts[source] = total
+    else:
+        counts.pop(source, None)

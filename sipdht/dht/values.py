@@ -7,6 +7,7 @@ shortest integers, str for keys and utype, bin for every byte string.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -39,6 +40,7 @@ VALUE_TYPES: dict[int, ValueType] = {t.id: t for t in (
     ValueType(8, "certificate", 7 * 86400),
 )}
 DEFAULT_TYPE = VALUE_TYPES[0]
+CERTIFICATE_TYPE = 8
 
 
 def register_type(value_type: ValueType) -> None:
@@ -244,9 +246,8 @@ class Query:
                 return False
             if fid == FIELD_UTYPE and v.utype.encode() != want:
                 return False
-            if fid == FIELD_OWNER:
-                from ..identity import key_id
-                if v.owner is None or key_id(v.owner) != want:
+            if fid == FIELD_OWNER:     # the owner's key id: SHA-1 of its DER key
+                if v.owner is None or hashlib.sha1(bytes(v.owner)).digest() != want:
                     return False
         return True
 

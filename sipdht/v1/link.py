@@ -160,6 +160,7 @@ class PeerLink:
     async def _deliver(self, channel: int, message: bytes) -> None:
         if channel == CHANNEL_CONTROL:
             return await self._control(message)
+        self.last_used = self._last_rx
         handler = self._handlers.get(channel)
         if handler is not None:
             try:

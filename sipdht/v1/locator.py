@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ..dht.crypto import load_public_key
 from ..dht.infohash import InfoHash
 from ..dht.secure import SecureDht
+from ..files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,7 @@ def device_id_for(path: Path) -> str:
         pass
     value = new_device_id()
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(value + "\n")
+        write_private(path, (value + "\n").encode())
     return value
 
 

@@ -270,12 +270,13 @@ def netns_unavailable_reason() -> str | None:
 
 
 def require_netns() -> None:
-    """pytest helper: skip the test with a clear reason when namespaces are unavailable."""
+    """pytest helper: skip the test with a clear reason when namespaces are unavailable
+    (fail instead under CI: tests/harness/requirements.py)."""
     reason = netns_unavailable_reason()
     if reason:
-        import pytest
+        from tests.harness.requirements import unavailable
 
-        pytest.skip(reason)
+        unavailable(reason)
 
 
 # --- the topology -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.harness.configs import loopback_ini
 from tests.harness.dhtnode import Dhtnode
 
 pytestmark = pytest.mark.interop
@@ -32,10 +33,7 @@ def net(dhtnode_bin):
 
 @pytest.fixture
 def ini(tmp_path):
-    p = tmp_path / "s.ini"
-    p.write_text("[identity]\npath = me\nkey_bits = 2048\n[dht]\nipv6 = no\nbind4 = 127.0.0.1\n"
-                 "port = 0\nstate_file =\n[log]\nstats_interval = 0\n")
-    return p
+    return loopback_ini(tmp_path / "s.ini")
 
 
 def test_put_get_listen_and_exit_codes(net, ini):
@@ -98,7 +96,7 @@ def test_signed_and_encrypted_markers(net, ini):
     d0.wait_for(r'decrypted data\(text/plain\):"for-d0"', 10, m)
 
     # The agent publishes our certificate, so dhtnode can encrypt to our account id.
-    ini.write_text(ini.read_text().replace("[dht]\n", f"[dht]\nbootstrap = 127.0.0.1:{d0.port}\n"))
+    loopback_ini(ini, bootstrap=f"127.0.0.1:{d0.port}")
     agent = subprocess.Popen([sys.executable, "-m", "sipdht", "run", "--config", str(ini)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

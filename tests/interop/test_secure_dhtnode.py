@@ -17,6 +17,7 @@ from sipdht.dht.secure import SecureDht
 from sipdht.dht.storage import EditPolicy
 from sipdht.dht.values import Value, new_value
 from tests.harness.dhtnode import Dhtnode
+from tests.harness.requirements import unavailable
 from tests.interop.test_dht_dhtnode import async_test, our_node, wait_line
 
 pytestmark = pytest.mark.interop
@@ -42,7 +43,7 @@ def opendht_owner_ids(port: int, key: str) -> dict[str, str]:
     """OpenDHT's own library (python3-opendht) names each value's owner id."""
     if not os.path.exists("/usr/lib/python3/dist-packages/opendht.cpython-311-x86_64-linux-gnu.so") \
             and subprocess.run(["/usr/bin/python3", "-c", "import opendht"]).returncode:
-        pytest.skip("python3-opendht is not installed: run `make test`")
+        unavailable("python3-opendht is not installed: run `make test`")
     out = subprocess.run(["/usr/bin/python3", str(PROBE), str(port), key],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

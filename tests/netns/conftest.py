@@ -2,21 +2,16 @@
 
 ``netlab`` builds the 5-namespace topology once per session (cone/cone) and always tears it down;
 ``coturn`` and ``dht_bootstrap`` start coturn / dhtnode in ns pub; ``set_nat`` switches NAT modes
-for one test and restores cone/cone afterwards. Everything skips cleanly without root.
+for one test and restores cone/cone afterwards. Everything skips cleanly without root
+(and fails instead under CI, SIPDHT_STRICT_PEERS=1).
 """
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from tests.harness import netlab as nl
-
-
-def _require_binary(name: str, package: str) -> None:
-    if shutil.which(name) is None:
-        pytest.skip(f"{name} is not installed (apt-get install {package})")
+from tests.harness.requirements import require_binary
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +29,7 @@ def netlab():
 @pytest.fixture(scope="session")
 def coturn(netlab):
     """coturn on 198.51.100.1:3478 (users alice:alicepass, bob:bobpass, realm test.local)."""
-    _require_binary("turnserver", "coturn")
+    require_binary("turnserver", "coturn")
     server = nl.Coturn(netlab)
     try:
         yield server
@@ -45,7 +40,7 @@ def coturn(netlab):
 @pytest.fixture(scope="session")
 def dht_bootstrap(netlab):
     """dhtnode in pub, the DHT bootstrap at 198.51.100.1:4222; yields its Popen."""
-    _require_binary("dhtnode", "dhtnode")
+    require_binary("dhtnode", "dhtnode")
     proc = nl.start_dhtnode(netlab, nl.DHT_PORT)
     try:
         yield proc

@@ -15,6 +15,7 @@ import pytest
 from sipdht.dht import events as ev
 from sipdht.dht.engine import DhtEngine
 from sipdht.dht.fragments import (
+    CHUNK_OVERHEAD,
     MAX_PARTIAL_BYTES,
     MAX_PARTIALS,
     MTU,
@@ -581,7 +582,7 @@ def test_corrupt_reassembled_value_is_dropped() -> None:
 def test_orphan_fragment_expires_and_is_counted() -> None:
     e = engine()
     assert silent(e, encode_fragment(12345, 0, 0, b"x" * 500))
-    assert e.reassembler.total <= 500
+    assert e.reassembler.total <= 500 + CHUNK_OVERHEAD
     e.handle_timer(T0 + RX_TIMEOUT + 1)
     assert e.reassembler.partials == {} and e.reassembler.total == 0
     assert e.reassembler.dropped == 1
@@ -610,8 +611,9 @@ def test_oversized_announced_value_dropped_and_counted(kind) -> None:
 
 def test_partials_are_bounded_and_expire() -> None:
     e = engine()
-    for tid in range(MAX_PARTIALS + 50):
-        feed(e, encode_reply(tid + 1, {"id": PEER, "values": [2000]}), (A[0], 7000 + tid % 3))
+    for n in range(MAX_PARTIALS + 50):      # from many IPs: the oldest make room
+        src = (f"10.200.{n // 250}.{n % 250 + 1}", 7000 + n % 3)
+        feed(e, encode_fragment(n + 1, 0, 0, b"x"), src)
     assert len(e.reassembler.partials) == MAX_PARTIALS
     assert e.reassembler.dropped == 50 and e.stats["dropped_fragments"] == 50
     e.handle_timer(T0 + RX_TIMEOUT + 0.5)

@@ -269,7 +269,7 @@ def test_refresh_does_not_shorten() -> None:
     assert st.get_stored(K, 1).expiration == T0 + 60
 
 
-# --- quota ---------------------------------------------------------------------------------
+# --- quota (value_overhead=0: these count data bytes only) ------------------------------
 
 
 def blob(vid: int, size: int = 100) -> Value:
@@ -277,7 +277,7 @@ def blob(vid: int, size: int = 100) -> Value:
 
 
 def test_quota_reelects_heaviest_source_after_each_eviction() -> None:
-    st = Storage(max_total=500)
+    st = Storage(max_total=500, value_overhead=0)
     st.store(K, blob(1), T0 + 1, source="10.0.0.1")
     st.store(K, blob(2), T0 + 2, source="10.0.0.2")
     st.store(K2, blob(3), T0 + 3, source="10.0.0.2")
@@ -292,7 +292,7 @@ def test_quota_reelects_heaviest_source_after_each_eviction() -> None:
 
 
 def test_quota_eviction_uses_created_not_arrival_order() -> None:
-    st = Storage(max_total=250)
+    st = Storage(max_total=250, value_overhead=0)
     st.store(K, blob(1), T0, source="1.1.1.1")
     st.store(K, blob(2), T0, source="1.1.1.1", created=T0 - 100)
     res = st.store(K, blob(3), T0 + 1, source="1.1.1.1")
@@ -300,7 +300,7 @@ def test_quota_eviction_uses_created_not_arrival_order() -> None:
 
 
 def test_quota_eviction_order_and_reporting() -> None:
-    st = Storage(max_total=500)
+    st = Storage(max_total=500, value_overhead=0)
     st.store(K, blob(1), T0 + 1, source="10.0.0.1")
     st.store(K, blob(2), T0 + 2, source="10.0.0.2")
     st.store(K2, blob(3), T0 + 3, source="10.0.0.2")
@@ -326,7 +326,7 @@ def test_quota_eviction_order_and_reporting() -> None:
 
 
 def test_local_values_never_evicted() -> None:
-    st = Storage(max_total=100)
+    st = Storage(max_total=100, value_overhead=0)
     st.store(K, blob(1, 5000), T0)
     st.store(K, blob(2, 90), T0, source="10.0.0.9")
     assert st.remote_size == 90
@@ -338,7 +338,7 @@ def test_local_values_never_evicted() -> None:
 
 
 def test_eviction_reports_empty_key_and_drops_it() -> None:
-    st = Storage(max_total=150)
+    st = Storage(max_total=150, value_overhead=0)
     st.store(K2, blob(1), T0, source="1.1.1.1")
     res = st.store(K, blob(2), T0 + 1, source="1.1.1.1")
     assert res.evicted == [(K2, 1)]
@@ -346,7 +346,7 @@ def test_eviction_reports_empty_key_and_drops_it() -> None:
 
 
 def test_local_restore_protects_remote_value_from_eviction() -> None:
-    st = Storage(max_total=150)
+    st = Storage(max_total=150, value_overhead=0)
     st.store(K, blob(1), T0, source="1.1.1.1")
     assert st.store(K, blob(1), T0 + 1).status is StoreStatus.REFRESHED
     assert st.get_stored(K, 1).source is None
@@ -426,7 +426,7 @@ def test_next_expiration_tracks_stores_and_expiries() -> None:
 
 
 def test_next_expiration_after_eviction_and_edit() -> None:
-    st = Storage(max_total=150, policy=EditPolicy(verify_good_sigs))
+    st = Storage(max_total=150, policy=EditPolicy(verify_good_sigs), value_overhead=0)
     st.store(K, Value(id=1, type=5, data=bytes(100)), T0, source="1.1.1.1")
     st.store(K, Value(id=2, type=0, data=bytes(100)), T0 + 1, source="1.1.1.1")
     assert st.get_stored(K, 1) is None
@@ -439,7 +439,7 @@ def test_next_expiration_after_eviction_and_edit() -> None:
 
 
 def test_many_refreshes_keep_heaps_bounded() -> None:
-    st = Storage(max_total=10_000)
+    st = Storage(max_total=10_000, value_overhead=0)
     for i in range(20):
         st.store(K, blob(i, 10), T0, source="1.1.1.1")
     for t in range(1, 2000):

@@ -7,6 +7,7 @@ def test_device_id_is_kept_across_restarts(tmp_path):
     path = tmp_path / "identity.device"
     first = device_id_for(path)
     assert len(first) == 16 and device_id_for(path) == first
+    assert path.stat().st_mode & 0o777 == 0o600         # before: 0644
     path.write_text("garbage")
     assert device_id_for(path) != "garbage" and len(device_id_for(path)) == 16
 
