@@ -1,4 +1,4 @@
-"""Debian's Kamailio as the reference SIP proxy for bench/sip_setup.py.
+"""Debian's Kamailio as the reference SIP proxy for bench/call_setup.py.
 
 A minimal kamailio.cfg: registrar (in-memory usrloc) + stateful proxy with record_route.
 Requests to a registered user are relayed to the contact; in-dialog requests follow the

@@ -1,4 +1,4 @@
-"""SIPp scenarios and runs for bench/sip_setup.py.
+"""SIPp scenarios and runs for bench/call_setup.py.
 
 The UAC scenario stamps each call with SIPp's own clock (``<gettimeofday>``, microseconds)
 just before it sends the INVITE and when the 180 and the 200 arrive, and logs one line per

@@ -1,6 +1,7 @@
-"""Composition root: config -> identity -> DHT node -> account types -> link pool (-> SIP
-gateway). The agent owns no protocol sequence: each account type (protocol v1 today) does
-its own set-up behind sipdht.account's interfaces, and the pool shares links per peer.
+"""Composition root: config -> identity -> DHT node -> account types -> link pool -> SIP
+gateway. The agent owns no protocol sequence: each account type (protocol v1 today) does
+its own set-up behind sipdht.account's interfaces, the pool shares links per peer, and the
+gateway (only with `sip=True`, as in `sipdht run`) talks to softphones.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .dht.node import DhtNode, NodeConfig
 from .dht.secure import SecureDht
 from .identity import Identity
 from .links import LinkPool
+from .sip.gateway import Gateway
 from .tasks import Supervisor
 from .v1.account import V1Account, ice_config
 from .v1.locator import Resolution, device_id_for
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 
 class Agent:
     def __init__(self, config: Config, identity: Identity, node_config: NodeConfig,
-                 serve: bool = True) -> None:
+                 serve: bool = True, sip: bool = False) -> None:
         self.config = config
         self.identity = identity
         self.serve = serve             # publish a contact record and accept calls
@@ -34,12 +36,20 @@ class Agent:
         self.v1 = V1Account(self.secure, ice_config(config), config.policy, self.tasks,
                             device, serve)
         self.pool = LinkPool([self.v1], config.ice.idle_timeout, self.tasks)
+        self.gateway: Gateway | None = None
+        if sip:
+            self.gateway = Gateway(config.sip, config.contacts, self.pool, self.account,
+                                   config.sip.domain)
 
     @property
     def account(self) -> str:
         return self.identity.account_id
 
     async def start(self, join_timeout: float = 10.0) -> bool:
+        """Start everything; the gateway first, so a busy SIP port fails before any DHT work
+        (raises sipdht.sip.gateway.GatewayError)."""
+        if self.gateway is not None:
+            await self.gateway.start()
         await self.node.start()
         joined = await self.node.wait_connected(join_timeout)
         await self.v1.start()
@@ -49,6 +59,8 @@ class Agent:
         return joined
 
     async def stop(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.stop()      # BYE / 503 to the calls in progress
         await self.pool.stop()
         await self.v1.stop()
         await self.tasks.stop()

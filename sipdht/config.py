@@ -108,7 +108,8 @@ def split_list(raw: str) -> list[str]:
     return [item for item in re.split(r"[\s,]+", raw.strip()) if item]
 
 
-def parse_hostport(raw: str, default_port: int | None = None) -> tuple[str, int]:
+def parse_hostport(raw: str, default_port: int | None = None,
+                   any_port: bool = False) -> tuple[str, int]:
     """'host:port', '[v6]:port', or a bare host when a default port is given."""
     raw = raw.strip()
     m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?|([^:\s\[\]]+)(?::(\d+))?", raw)
@@ -121,8 +122,8 @@ def parse_hostport(raw: str, default_port: int | None = None) -> tuple[str, int]
             raise _Invalid("host:port (the port is required)")
         return host, default_port
     port = int(port_s)
-    if not 0 < port <= 65535:
-        raise _Invalid("a port 1-65535")
+    if not (0 if any_port else 1) <= port <= 65535:
+        raise _Invalid("a port 0-65535" if any_port else "a port 1-65535")
     return host, port
 
 
@@ -134,8 +135,9 @@ def hostport_list(default_port: int | None) -> Parser:
 
 
 def hostport(default_port: int) -> Parser:
+    """A local address to listen on: port 0 picks a free port."""
     def parse(raw: str, _base: Path) -> tuple[str, int]:
-        return parse_hostport(raw, default_port)
+        return parse_hostport(raw, default_port, any_port=True)
 
     return parse
 
@@ -222,6 +224,11 @@ class SipConfig:
     listen: tuple[str, int] = _opt(("127.0.0.1", 5060), hostport(5060))
     allow_remote: bool = _opt(False, boolean)
     domain: str = _opt("dht", text)
+    username: str = _opt("", text)          # digest auth for non-loopback phones (allow_remote)
+    password: str = _opt("", text)
+    media_address: str = _opt("", text)     # address put in SDP for the relay ports
+    rtp_port_min: int = _opt(40000, int_range(1024, 65534))
+    rtp_port_max: int = _opt(49999, int_range(1025, 65535))
 
 
 @dataclass

@@ -120,6 +120,7 @@ class LinkPool:
             self._add(incoming.link, incoming)
 
     def _add(self, link: Link, incoming: IncomingLink | None) -> None:
+        log.info("link %s %s up over %s", "from" if incoming else "to", link.peer, link.path)
         self._links.setdefault(link.peer, []).append(link)
         self.tasks.spawn(self._forget_when_closed(link), f"link {link.peer[:8]}")
         for callback in self._subscribers:

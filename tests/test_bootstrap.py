@@ -33,7 +33,9 @@ TEST_NETS = [ipaddress.ip_network(n) for n in
 
 
 def test_default_config_joins_the_public_network(tmp_path):
-    from sipdht import commands  # noqa: F401  (registers the subcommands)
+    from sipdht import commands
+
+    commands.load_all()         # importing a command module registers its commands
 
     assert PUBLIC_BOOTSTRAP == ("bootstrap.jami.net", 4222)
     assert load_config(None).dht.bootstrap == [PUBLIC_BOOTSTRAP]

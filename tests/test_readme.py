@@ -74,7 +74,9 @@ def test_expansion_keeps_every_documented_option():
 
 @pytest.mark.parametrize("argv", documented_commands(), ids=" ".join)
 def test_documented_command_parses(argv, capsys):
-    from sipdht import commands  # noqa: F401  (registers the subcommands)
+    from sipdht import commands
+
+    commands.load_all()         # importing a command module registers its commands
 
     try:
         args = build_parser().parse_args(argv)

@@ -23,6 +23,7 @@ from ..cli import (
     until_stopped,
 )
 from ..config import Config
+from ..sip.gateway import GatewayError
 from ..v1.link import CHANNEL_ECHO, PeerLink
 from .dht import client_node_config, client_options, log_stats, node_config
 
@@ -33,15 +34,15 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(port=None, bootstrap=None, network=None)
 
 
-@command("run", "run the agent until Ctrl-C / SIGTERM: DHT node, contact record, incoming "
-         "links (creates the identity on first start)", _run_args)
+@command("run", "run the agent until Ctrl-C / SIGTERM: DHT node, contact record, SIP gateway "
+         "for softphones, incoming calls (creates the identity on first start)", _run_args)
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     ident = load_or_create_identity(config)
     log.info("account %s (config %s)", ident.account_id, config.source or "built-in defaults")
 
     async def main() -> int:
         cfg = node_config(args, config, client=False)    # a random node id each run (privacy)
-        agent = Agent(config, ident, cfg, serve=True)
+        agent = Agent(config, ident, cfg, serve=True, sip=True)
         if not cfg.bootstrap:
             log.warning("no [dht] bootstrap configured: this node waits for others to contact it")
         with stop_on_signals() as stop:
@@ -51,10 +52,12 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
                 if await until_stopped(stop, join):
                     log.info("DHT node %s on UDP port %d (%s)", agent.node.id.hex(),
                              agent.node.port, "joined" if agent.node.connected else "not joined yet")
-                    log.warning("not implemented yet: SIP gateway; this agent serves DHT "
-                                "lookups and links")
+                    assert agent.gateway is not None
+                    print(agent.gateway.softphone_settings(), flush=True)
                     stats = asyncio.create_task(log_stats(agent.node, config.log.stats_interval))
                     await stop.wait()
+            except GatewayError as exc:
+                raise OperationFailed(str(exc)) from None
             finally:
                 if stats:
                     stats.cancel()

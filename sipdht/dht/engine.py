@@ -5,6 +5,13 @@ Feed it datagrams with `receive_datagram(data, addr, now)`, send what
 read results with `next_event()`. Operations (get, put, listen) return an op id
 that the events refer to. Everything it holds is bounded, and every datagram it
 drops is counted in `stats`.
+
+Randomness: every protocol choice (transaction and listen-socket ids, timer jitter,
+bucket-refresh targets, token rotation times) is drawn from the `rng` given to the
+engine, so a simulation replays from its seed. Without one the engine uses the OS's
+generator (unpredictable ids make off-path reply spoofing harder). Only the token
+secrets always come from os.urandom: they must never be guessable, and their bytes
+change no decision the engine takes.
 """
 
 from __future__ import annotations
@@ -14,7 +21,6 @@ import heapq
 import ipaddress
 import itertools
 import logging
-import os
 import random
 from collections import Counter, deque
 from collections.abc import Callable
@@ -23,7 +29,7 @@ from typing import Any
 
 from . import events as ev
 from .fragments import Reassembler, fragment_datagrams, split_values
-from .infohash import ZERO, InfoHash
+from .infohash import HASH_LEN, ZERO, InfoHash
 from .messages import (
     AF_INET,
     AF_INET6,
@@ -41,12 +47,22 @@ from .messages import (
     encode_reply,
     pack_nodes,
 )
+from .proofs import AddressProofs
 from .ratelimit import QueryLimits
 from .routing import MAX_FAILURES, K, Node, RoutingTable
-from .search import LISTEN_NODES, MAX_IN_FLIGHT, TARGET_NODES, Search, SearchNode
-from .storage import EditPolicy, Listener, Storage, StoreStatus
+from .search import (
+    FETCH_IN_FLIGHT,
+    LISTEN_NODES,
+    MAX_FETCHES,
+    MAX_IN_FLIGHT,
+    TARGET_NODES,
+    Fetch,
+    Search,
+    SearchNode,
+)
+from .storage import LISTENER_EXPIRE_TIME, EditPolicy, Listener, Storage, StoreStatus
 from .tokens import Tokens
-from .values import Query, Value, type_expiration
+from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, type_expiration
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +74,22 @@ HOUSEKEEPING = 2.0
 SEARCH_IDLE = 62 * 60.0
 BOOTSTRAP_RETRY, BOOTSTRAP_RETRY_MAX = 10.0, 300.0
 MAX_SEARCHES = 4096
+
+# What one get reply (or a new listener's first push) may carry, whatever is stored: a
+# burst a socket buffer holds. Callers page through the rest by id, as OpenDHT clients do.
+MAX_REPLY_VALUES = 64
+MAX_REPLY_BYTES = 32 * 1024         # at least one value is always sent, whatever its size
+MAX_REPLY_IDS = 1024                # rows of a select reply (~10 bytes each)
+ID_SEQ = (FIELD_ID, FIELD_SEQ)
+# Listeners we serve (OpenDHT has no cap): one IP cannot make a put fan out to thousands.
+MAX_LISTENERS_PER_IP = 256
+MAX_LISTENERS_PER_KEY = 128
+# An address that let a request expire is left out of every search for this long.
+UNREACHABLE_TIME = 120.0
+SUSPECT_TIME = 5.0          # after a first timeout only (a reply clears either at once)
+MAX_UNREACHABLE = 4096
+CHALLENGE_INTERVAL = 5.0    # between two pings proving one unproven source (proofs.py)
+MAX_CHALLENGES = 4096
 
 
 def family_of(addr: Addr) -> int:
@@ -146,16 +178,22 @@ class DhtEngine:
                  rate_limit: bool = True, max_storage: int = 64 * 1024 * 1024,
                  client_only: bool = False, policy: EditPolicy | None = None,
                  families: tuple[int, ...] = (4, 6), now: float = 0.0,
-                 epoch_offset: float = 0.0) -> None:
-        self.id = node_id or InfoHash.random()
+                 epoch_offset: float = 0.0, rng: random.Random | None = None) -> None:
+        self.rng: random.Random = rng if rng is not None else random.SystemRandom()
+        self.id = node_id or InfoHash(self.rng.randbytes(HASH_LEN))
         self.network = network
         self.client_only = client_only
         self.families = families
         self.epoch_offset = epoch_offset   # wall-clock seconds = now + epoch_offset
-        self.tables = {f: RoutingTable(self.id) for f in (4, 6)}
+        self.tables = {f: RoutingTable(self.id, self.rng) for f in (4, 6)}
         self.storage = Storage(max_total=max_storage, policy=policy)
-        self.tokens = Tokens(now)
+        self.tokens = Tokens(now, self.rng)
         self.limits = QueryLimits(rate_limit)
+        self.proofs = AddressProofs()
+        self._budget: tuple[Addr, list[int]] | None = None   # (unproven source, bytes left)
+        self._rx_bytes = 0
+        self._challenged: dict[Addr, float] = {}     # unproven sources we pinged, and when
+        self._unreachable: dict[Addr, float] = {}    # address -> until when searches skip it
         self.reassembler = Reassembler()
         self.stats: Counter[str] = Counter()
         self.searches: dict[int, dict[InfoHash, Search]] = {4: {}, 6: {}}
@@ -163,18 +201,20 @@ class DhtEngine:
         self.listen_sids: dict[int, tuple[Search, SearchNode]] = {}
         self.local_listens: dict[InfoHash, list[ListenOp]] = {}
         self.ops: dict[int, GetOp | PutOp | ListenOp] = {}
+        # IP -> (key, node id, sid) -> last refreshed: the listeners each IP holds here
+        self._ip_listens: dict[str, dict[tuple[InfoHash, bytes, int], float]] = {}
+        self._listens_swept = now
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[ev.Event] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._op_ids = itertools.count(1)
-        self._tid = int.from_bytes(os.urandom(4), "big")
         self._bootstrap: list[Addr] = []
         self._bootstrap_wait = BOOTSTRAP_RETRY
         self._connected = False
         self.now = now          # last time given to any entry point
         self._at(now + HOUSEKEEPING, self._housekeeping)
-        self._at(now + random.uniform(5, 25), self._maintain)
+        self._at(now + self.rng.uniform(5, 25), self._maintain)
 
     # --- sans-IO interface ------------------------------------------------------------------
 
@@ -201,6 +241,7 @@ class DhtEngine:
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         self.now = now
         self.stats["received"] += 1
+        self._rx_bytes = len(data)
         if is_martian(addr):
             self.stats["dropped_martian"] += 1
             return
@@ -215,14 +256,14 @@ class DhtEngine:
             return
         if not self._admit(msg, addr, now):
             return
-        msg = self._reassemble(msg, addr, now)
-        if msg is None:
+        whole = self._reassemble(msg, addr, now)
+        if whole is None:
             return
-        if msg.id is None or msg.id == ZERO or msg.id == self.id:
+        if whole.id is None or whole.id == ZERO or whole.id == self.id:
             self.stats["dropped_bad_id"] += 1
             return
         {"q": self._on_query, "r": self._on_reply, "e": self._on_error,
-         "u": self._on_legacy_update}[msg.kind](msg, addr, now)
+         "u": self._on_legacy_update}[whole.kind](whole, addr, now)
 
     # --- operations -------------------------------------------------------------------------
 
@@ -303,10 +344,19 @@ class DhtEngine:
         return timer
 
     def _next_tid(self) -> int:
-        self._tid = (self._tid + 1) & 0xFFFFFFFF or 1
-        return self._tid
+        """A random uint32 not in use as a tid or a listen socket id (0 is never used)."""
+        while True:
+            tid = self.rng.getrandbits(32)
+            if tid and tid not in self.requests and tid not in self.listen_sids:
+                return tid
 
     def _send(self, data: bytes, addr: Addr) -> None:
+        if self._budget is not None and self._budget[0] == addr:
+            left = self._budget[1]
+            if len(data) > left[0]:
+                self.stats["amplification_dropped"] += 1
+                return
+            left[0] -= len(data)
         self._out.append((data, addr))
 
     def _request(self, addr: Addr, node: Node | None, name: str, args: dict[str, Any], now: float,
@@ -333,8 +383,10 @@ class DhtEngine:
         if req.done:
             return
         if req.attempts < MAX_ATTEMPTS:
+            if req.attempts == 1:
+                self._mark_unreachable(req.addr, now, SUSPECT_TIME)
             req.attempts += 1
-            req.wait = req.wait * 2 + random.uniform(0, 0.25)
+            req.wait = req.wait * 2 + self.rng.uniform(0, 0.25)
             for d in req.datagrams:
                 self._send(d, req.addr)
             self._at(now + req.wait, lambda t: self._request_timeout(req, t))
@@ -344,6 +396,7 @@ class DhtEngine:
         req.done = True
         self.requests.pop(req.tid, None)
         self.stats["requests_expired"] += 1
+        self._mark_unreachable(req.addr, now)
         if req.node is not None:
             req.node.failures = MAX_FAILURES
         req.on_expire(now)
@@ -368,6 +421,26 @@ class DhtEngine:
     def _expected(self, msg: Message, addr: Addr) -> bool:
         req = self.requests.get(msg.tid)
         return (req is not None and req.addr == addr) or msg.tid in self.listen_sids
+
+    def _mark_unreachable(self, addr: Addr, now: float, duration: float = UNREACHABLE_TIME) -> None:
+        """Shared by all searches, so the next one does not wait on this address again."""
+        if addr not in self._unreachable and len(self._unreachable) >= MAX_UNREACHABLE:
+            self._unreachable = {a: t for a, t in self._unreachable.items() if t > now}
+            while len(self._unreachable) >= MAX_UNREACHABLE:
+                del self._unreachable[next(iter(self._unreachable))]
+        self._unreachable[addr] = max(self._unreachable.get(addr, now), now + duration)
+
+    def _unreachable_node(self, now: float, node: Node) -> bool:
+        return not self._reachable(node, now)
+
+    def _reachable(self, node: Node, now: float) -> bool:
+        until = self._unreachable.get(node.addr)
+        if until is None:
+            return True
+        if until <= now:
+            del self._unreachable[node.addr]
+            return True
+        return False
 
     def _reassemble(self, msg: Message, addr: Addr, now: float) -> Message | None:
         if msg.kind == "p":
@@ -396,19 +469,67 @@ class DhtEngine:
                values: list[Value] | None = None, tid: int | None = None) -> None:
         tid = msg.tid if tid is None else tid
         body = {"id": self.id, "sa": address_bytes(addr[0]), **body}
+        datagrams = self._reply_datagrams(tid, body, values)
+        if self._budget is not None and self._budget[0] == addr:
+            room = self._budget[1][0]
+            while sum(map(len, datagrams)) > room and self._trim_nodes(body):
+                datagrams = self._reply_datagrams(tid, body, values)
+            if sum(map(len, datagrams)) > room and (values or "fileds" in body):
+                # Values (or a value-id listing) are never cut short, which would read as
+                # "nothing stored": the reply is withheld, and the requester's retry finds
+                # it proven by our ping.
+                self.stats["reply_withheld_unproven"] += 1
+                self._challenge(addr, self.now)
+                return
+        for d in datagrams:
+            self._send(d, addr)
+
+    def _reply_datagrams(self, tid: int, body: dict[str, Any],
+                         values: list[Value] | None) -> list[bytes]:
         packed: list[bytes] = []
         if values:
+            body = {**body}
             body["values"], packed = split_values(values)
-        self._send(encode_reply(tid, body, self.network, self.client_only), addr)
-        for d in fragment_datagrams(tid, packed, self.network):
-            self._send(d, addr)
+        return ([encode_reply(tid, body, self.network, self.client_only)]
+                + fragment_datagrams(tid, packed, self.network))
+
+    def _trim_nodes(self, body: dict[str, Any]) -> bool:
+        """Drop one node record (IPv6 first) from a reply; False when none is left."""
+        for key, rec in (("n6", 38), ("n4", 26)):
+            if key in body:
+                body[key] = body[key][:-rec]
+                if not body[key]:
+                    del body[key]
+                self.stats["reply_trimmed_unproven"] += 1
+                return True
+        return False
+
+    def _challenge(self, addr: Addr, now: float) -> None:
+        """Ping an unproven source whose answer we withheld: once it replies, its retry
+        is answered in full. At most one ping per address every CHALLENGE_INTERVAL."""
+        if now - self._challenged.get(addr, float("-inf")) < CHALLENGE_INTERVAL:
+            return
+        if self._note_challenge(addr, now):
+            self.stats["challenge_ping"] += 1
+            self.ping(addr, now)
+
+    def _note_challenge(self, addr: Addr, now: float) -> bool:
+        """Remember a ping to a source (bounded: recent entries only); False when full."""
+        if len(self._challenged) >= MAX_CHALLENGES:
+            self._challenged = {a: t for a, t in self._challenged.items()
+                                if now - t < CHALLENGE_INTERVAL}
+            if len(self._challenged) >= MAX_CHALLENGES:
+                return False
+        self._challenged[addr] = now
+        return True
 
     def _error(self, msg: Message, addr: Addr, code: int, text: str) -> None:
         self.stats[f"error_sent_{code}"] += 1
         self._send(encode_error(msg.tid, code, text, self.id, self.network), addr)
 
     def _learn(self, msg: Message, addr: Addr, now: float) -> list[Node]:
-        """Insert the nodes a reply lists; loopback entries from a remote sender use its IP."""
+        """Insert the nodes a reply lists; loopback entries from a remote sender use its IP.
+        The only path by which gossiped nodes enter the table: one set of checks."""
         learnt = []
         sender_loopback = _is_loopback(addr[0])
         for fam, entries in ((4, msg.n4), (6, msg.n6)):
@@ -424,14 +545,26 @@ class DhtEngine:
                 learnt.append(node if node is not None else Node(nid, naddr))
         return learnt
 
+    def _learn_from(self, addr: Addr, msg: Message, now: float) -> None:
+        self._learn(msg, addr, now)
+
     # --- serving queries --------------------------------------------------------------------
 
     def _on_query(self, msg: Message, addr: Addr, now: float) -> None:
         # rate limited in _admit, before reassembly
         self.stats[f"query_{msg.query}"] += 1
-        if not msg.client:
-            self._heard_query(msg.id, addr, now)
-        getattr(self, f"_serve_{msg.query}")(msg, addr, now)
+        ip = addr[0]
+        if not self.proofs.proven(ip, now):     # maybe spoofed: answer within a budget
+            allowed = self.proofs.allowance(ip, self._rx_bytes, now)
+            self._budget = (addr, [allowed])
+        try:
+            if not msg.client and msg.id is not None:
+                self._heard_query(msg.id, addr, now)
+            getattr(self, f"_serve_{msg.query}")(msg, addr, now)
+        finally:
+            if self._budget is not None:
+                self.proofs.spend(ip, allowed - self._budget[1][0], now)
+                self._budget = None
 
     def _heard_query(self, node_id: InfoHash, addr: Addr, now: float) -> None:
         """A newcomer that queries us is pinged once, so it can become good and be shared."""
@@ -439,6 +572,7 @@ class DhtEngine:
         known = table.find(node_id) is not None
         node = table.update(node_id, addr, now, 1)
         if node is not None and not known and not node.is_good(now):
+            self._note_challenge(addr, now)   # this ping also proves an unproven source
             self.ping(addr, now, node)
 
     def _serve_ping(self, msg: Message, addr: Addr, now: float) -> None:
@@ -456,34 +590,69 @@ class DhtEngine:
             return self._error(msg, addr, NON_AUTHORITATIVE_INFORMATION, "Get_values with no info_hash")
         body = self._nodes_body(msg.h, self._want(msg, addr), now)
         body["token"] = self.tokens.make(addr)
-        values = self.storage.get(msg.h, msg.q, now)
+        values = self._fair(msg.h, self.storage.get(msg.h, msg.q, now))
+        if values and self._budget is not None:
+            # Unproven, and values to hand out: ping it before answering, so that its
+            # by-id fetches (or retry) find it proven instead of being withheld.
+            self._challenge(addr, now)
         if msg.q is not None and msg.q.select:
-            body["fileds"] = self._select(msg.q, values)
+            body["fileds"] = self._select(msg.q, values[:MAX_REPLY_IDS])
             values = []
-        self._reply(msg, addr, body, values)
+        self._reply(msg, addr, body, self._capped(values))
+
+    def _fair(self, key: InfoHash, values: list[Value]) -> list[Value]:
+        """Round-robin over source IPs (our own values first), so that when a reply is capped
+        every source's oldest values are in it, not only the most prolific source's."""
+        groups: dict[str | None, list[Value]] = {}
+        for v in values:
+            sv = self.storage.get_stored(key, v.id)
+            groups.setdefault(sv.source if sv else None, []).append(v)
+        if len(groups) <= 1:
+            return values
+        tiers = itertools.zip_longest(*groups.values())
+        return [v for tier in tiers for v in tier if v is not None]
+
+    @staticmethod
+    def _capped(values: list[Value]) -> list[Value]:
+        out: list[Value] = []
+        size = 0
+        for v in values[:MAX_REPLY_VALUES]:
+            size += v.size() + len(v.owner or b"") + 64      # ~ its packed size
+            if out and size > MAX_REPLY_BYTES:
+                break
+            out.append(v)
+        return out
 
     @staticmethod
     def _select(q: Query, values: list[Value]) -> dict[str, Any]:
         return {"f": list(q.select), "v": [x for v in values for x in q.field_values(v)]}
 
-    def _check_write(self, msg: Message, addr: Addr, what: str) -> bool:
+    def _check_write(self, msg: Message, addr: Addr, what: str) -> InfoHash | None:
+        """The key a put/refresh/listen writes to, or None (and an error sent)."""
         if msg.h is None:
             self._error(msg, addr, NON_AUTHORITATIVE_INFORMATION, f"{what} with no info_hash")
-            return False
+            return None
         if not self.tokens.check(msg.token, addr):
             self._error(msg, addr, UNAUTHORIZED, f"{what} with wrong token")
-            return False
-        return True
+            return None
+        self._proven(addr, self.now)     # it received the reply that carried the token
+        return msg.h
+
+    def _proven(self, addr: Addr, now: float) -> None:
+        self.proofs.prove(addr[0], now)
+        if self._budget is not None and self._budget[0][0] == addr[0]:
+            self._budget = None
 
     def _serve_put(self, msg: Message, addr: Addr, now: float) -> None:
-        if not self._check_write(msg, addr, "Put"):
+        key = self._check_write(msg, addr, "Put")
+        if key is None:
             return
         if not msg.values or any(v.id == 0 for v in msg.values):
             return self._error(msg, addr, NON_AUTHORITATIVE_INFORMATION, "Put with invalid id")
         created = None if msg.created is None else msg.created - self.epoch_offset
         for value in msg.values:
             if not self.client_only:
-                self._store_remote(msg.h, value, now, addr[0], created)
+                self._store_remote(key, value, now, addr[0], created)
             # OpenDHT answers success even when it refuses to store.
             self._reply(msg, addr, {"vid": value.id})
 
@@ -499,35 +668,81 @@ class DhtEngine:
             self._notify(ekey, now, expired=[vid])
 
     def _serve_refresh(self, msg: Message, addr: Addr, now: float) -> None:
-        if not self._check_write(msg, addr, "Refresh"):
+        key = self._check_write(msg, addr, "Refresh")
+        if key is None:
             return
-        found = self.storage.refresh(msg.h, msg.vid or 0, now)
+        found = self.storage.refresh(key, msg.vid or 0, now)
         if found is None:
             return self._error(msg, addr, NOT_FOUND, "Access operation for unknown storage")
         self._reply(msg, addr, {"vid": msg.vid or 0})
-        self._notify(msg.h, now, refreshed=[msg.vid or 0])
+        self._notify(key, now, refreshed=[msg.vid or 0])
 
     def _serve_listen(self, msg: Message, addr: Addr, now: float) -> None:
-        if not self._check_write(msg, addr, "Listen"):
+        key = self._check_write(msg, addr, "Listen")
+        if key is None or msg.id is None:
             return
         sid = msg.sid if msg.sid is not None else msg.tid
+        if not self._listen_room(key, msg.id, sid, addr[0], now):
+            self.stats["listen_refused_cap"] += 1      # dropped, like a rate-limited query
+            return
         listener = Listener(msg.id, addr, sid, msg.q or Query(), min(msg.version, 1), now)
-        new = self.storage.add_listener(msg.h, listener)
+        new = self.storage.add_listener(key, listener)
+        self._ip_listens.setdefault(addr[0], {})[(key, msg.id, sid)] = now
         self._reply(msg, addr, {"token": self.tokens.make(addr)})
-        values = self.storage.get(msg.h, listener.query, now)
+        values = self._capped(self._fair(key, self.storage.get(key, listener.query, now)))
         if new and values:
-            self._push(msg.h, listener, now, values=values)
+            self._push(key, listener, now, values=values)
+
+    def _listen_room(self, key: InfoHash, node_id: bytes, sid: int, ip: str,
+                     now: float) -> bool:
+        """A refresh always; a new listener only under the per-IP and per-key caps."""
+        mine = self._ip_listens.get(ip, {})
+        if (key, node_id, sid) in mine:
+            return True
+        listeners = self.storage.listeners(key)
+        if any(lst.node_id == node_id and lst.sid == sid for lst in listeners):
+            return True
+        if len(mine) >= MAX_LISTENERS_PER_IP:
+            self._sweep_listens(ip, now)
+            if len(self._ip_listens.get(ip, {})) >= MAX_LISTENERS_PER_IP:
+                return False
+        return len(listeners) < MAX_LISTENERS_PER_KEY
+
+    def _sweep_listens(self, ip: str, now: float) -> None:
+        """Forget the listeners storage has expired (same rule as Storage.expire_listeners)."""
+        mine = self._ip_listens.get(ip)
+        if mine is None:
+            return
+        for ident, t in list(mine.items()):
+            if t + LISTENER_EXPIRE_TIME < now:
+                del mine[ident]
+        if not mine:
+            del self._ip_listens[ip]
+
+    def _drop_listener(self, key: InfoHash, lst: Listener) -> None:
+        self.storage.remove_listener(key, lst.node_id, lst.sid)
+        self._ip_listens.get(lst.addr[0], {}).pop((key, lst.node_id, lst.sid), None)
 
     def _serve_update(self, msg: Message, addr: Addr, now: float) -> None:
         self._reply(msg, addr, {})
-        entry = self.listen_sids.get(msg.sid) if msg.sid is not None else None
+        entry = self._listen_entry(msg.sid, addr) if msg.sid is not None else None
         if entry is None:
-            self.stats["update_unknown_sid"] += 1
             return
         search, sn = entry
         if msg.token:
             sn.token = msg.token
         self._listen_notification(search, msg)
+
+    def _listen_entry(self, sid: int, addr: Addr) -> tuple[Search, SearchNode] | None:
+        """The listen a notification is for: its sid, and only from the node it was given to."""
+        entry = self.listen_sids.get(sid)
+        if entry is None:
+            self.stats["update_unknown_sid"] += 1
+            return None
+        if entry[1].listen_addr != addr:
+            self.stats["update_wrong_source"] += 1
+            return None
+        return entry
 
     # --- listeners we serve -----------------------------------------------------------------
 
@@ -558,7 +773,7 @@ class DhtEngine:
             if expired:
                 args["exp"] = expired
             self._request(lst.addr, None, "update", args, now, on_reply=lambda m, t: None,
-                          on_expire=lambda t: self.storage.remove_listener(key, lst.node_id, lst.sid),
+                          on_expire=lambda t: self._drop_listener(key, lst),
                           values=values or None)
             return
         if values:
@@ -574,9 +789,10 @@ class DhtEngine:
     def _on_reply(self, msg: Message, addr: Addr, now: float) -> None:
         req = self.requests.get(msg.tid)
         if req is None or req.addr != addr:
-            entry = self.listen_sids.get(msg.tid)
-            if entry is not None and msg.has_values:      # legacy listen notification
-                self._listen_notification(entry[0], msg)
+            if msg.tid in self.listen_sids and msg.has_values:   # legacy listen notification
+                entry = self._listen_entry(msg.tid, addr)
+                if entry is not None:
+                    self._listen_notification(entry[0], msg)
             else:
                 self.stats["unmatched_reply"] += 1
             return
@@ -597,7 +813,9 @@ class DhtEngine:
     def _finish_request(self, req: Request, msg: Message, addr: Addr, now: float) -> None:
         req.done = True
         del self.requests[req.tid]
-        if msg.client:
+        self._proven(addr, now)          # it echoed a tid we sent to that address
+        self._unreachable.pop(addr, None)
+        if msg.client or msg.id is None:
             return
         node = self.tables[family_of(addr)].update(msg.id, addr, now, 2)
         if req.node is None:
@@ -607,11 +825,12 @@ class DhtEngine:
         self._check_connectivity(now)
 
     def _on_legacy_update(self, msg: Message, addr: Addr, now: float) -> None:
-        entry = self.listen_sids.get(msg.tid)
-        if entry is None:
+        if msg.tid not in self.listen_sids:
             self.stats["unmatched_reply"] += 1
             return
-        self._listen_notification(entry[0], msg)
+        entry = self._listen_entry(msg.tid, addr)
+        if entry is not None:
+            self._listen_notification(entry[0], msg)
 
     def _listen_notification(self, search: Search, msg: Message) -> None:
         for op in search.listens:
@@ -680,10 +899,14 @@ class DhtEngine:
     def _refill(self, search: Search, now: float) -> None:
         if len(search.live()) >= TARGET_NODES:
             return
-        for node in self.tables[search.family].closest(search.target, 14, now):
+        unreachable = functools.partial(self._unreachable_node, now)
+        for node in self.tables[search.family].closest(search.target, 14, now, skip=unreachable):
             search.insert(node)
 
     def _step(self, search: Search, now: float) -> None:
+        for sn in search.nodes:   # timing out elsewhere: not waited on (slow) until it answers
+            if not sn.failed and not sn.pending:
+                sn.slow = not self._reachable(sn.node, now)
         self._refill(search, now)
         live = search.live()
         inflight = search.in_flight()
@@ -694,6 +917,7 @@ class DhtEngine:
             if not sn.pending and (not sn.synced(now) or sn.last_get < newest_get):
                 self._send_get(search, sn, now)
                 inflight += 1
+        self._pump_fetches(search, newest_get, now)
         self._write_early(search, live, now)
         synced = search.synced_nodes(now)
         if synced is not None:
@@ -720,9 +944,10 @@ class DhtEngine:
         sn.pending = True
         want = [AF_INET, AF_INET6] if len(self.families) > 1 else (
             [AF_INET] if self.families == (4,) else [AF_INET6])
-        if search.busy:
-            name, args = "get", {"h": search.target, "w": want}
-        else:
+        if search.gets:      # ids first; values are then fetched by id (_pump_fetches)
+            q = Query(ID_SEQ, self._common_where(search))
+            name, args = "get", {"h": search.target, "w": want, "q": q.pack()}
+        else:                # puts and listens only need a token: no values come back
             name, args = "find", {"target": search.target, "w": want}
 
         def on_reply(msg: Message, t: float) -> None:
@@ -753,20 +978,87 @@ class DhtEngine:
         if msg.token:
             sn.token, sn.last_reply = msg.token, now
         for node in self._learn(msg, sn.node.addr, now):
-            if family_of(node.addr) == search.family:
+            if family_of(node.addr) == search.family and self._reachable(node, now):
                 search.insert(node, sn.depth + 1)
-        if msg.values:
-            for op in search.gets:
-                self._deliver_get(op, msg.values)
-            for op in search.listens:
-                self._listen_values(op, "add", msg.values)
+        if msg.fields is not None:
+            self._listed(search, sn, msg.fields)
+        if msg.values:      # a server that ignored the select: these are the values
+            self._found_values(search, msg.values)
+
+    def _found_values(self, search: Search, values: list[Value]) -> None:
+        for op in search.gets:
+            self._deliver_get(op, values)
+        for op in search.listens:
+            self._listen_values(op, "add", values)
+
+    @staticmethod
+    def _common_where(search: Search) -> tuple:
+        """The gets' filter, sent to the storers when every get of the search shares it."""
+        wheres = {op.query.where if op.query else () for op in search.gets}
+        return wheres.pop() if len(wheres) == 1 else ()
+
+    def _listed(self, search: Search, sn: SearchNode, fields: FieldIndex) -> None:
+        """A node listed the (id, seq) it holds: remember it as a source of each."""
+        if FIELD_ID not in fields.fields:
+            return
+        i_id = fields.fields.index(FIELD_ID)
+        i_seq = fields.fields.index(FIELD_SEQ) if FIELD_SEQ in fields.fields else None
+        for row in fields.rows[:MAX_FETCHES]:
+            vid, seq = row[i_id], row[i_seq] if i_seq is not None else 0
+            if type(vid) is not int or type(seq) is not int:
+                self.stats["get_bad_id_rows"] += 1
+                continue
+            fetch = search.fetches.get((vid, seq))
+            if fetch is None:
+                if len(search.fetches) >= MAX_FETCHES:
+                    self.stats["get_ids_dropped"] += 1
+                    continue
+                fetch = search.fetches[(vid, seq)] = Fetch(vid, seq)
+            if sn not in fetch.sources:
+                fetch.sources.append(sn)
+
+    def _pump_fetches(self, search: Search, since: float, now: float) -> None:
+        """Fetch by id what the gets still miss, FETCH_IN_FLIGHT at a time."""
+        if not search.gets or not search.fetches:
+            return
+        inflight = sum(1 for f in search.fetches.values() if f.pending)
+        for fetch in search.fetches.values():
+            if inflight >= FETCH_IN_FLIGHT:
+                return
+            while fetch.wanted(since) and fetch.sources[0].failed:
+                fetch.sources.pop(0)
+            if fetch.wanted(since):
+                self._send_fetch(search, fetch, fetch.sources.pop(0), now)
+                inflight += 1
+
+    def _send_fetch(self, search: Search, fetch: Fetch, sn: SearchNode, now: float) -> None:
+        fetch.pending = True
+
+        def on_reply(msg: Message, t: float) -> None:
+            fetch.pending = False
+            if msg.kind != "e":
+                fetch.fetched = now
+                if msg.values:
+                    self._found_values(search, msg.values)
+            self._step(search, t)
+
+        def on_expire(t: float) -> None:
+            fetch.pending = False
+            self._step(search, t)
+
+        q = Query((), ((FIELD_ID, fetch.vid),))
+        self._request(sn.node.addr, sn.node, "get", {"h": search.target, "q": q.pack()}, now,
+                      on_reply, on_expire)
 
     def _synced(self, search: Search, synced: list[SearchNode], now: float) -> None:
         hops = 1 + max(sn.depth for sn in synced)
-        for op in [op for op in search.gets if all(sn.last_get >= op.started for sn in synced)]:
+        for op in [op for op in search.gets if all(sn.last_get >= op.started for sn in synced)
+                   and not search.fetches_busy(op.started)]:
             op.ok, op.hops = True, max(op.hops, hops)
             search.gets.remove(op)
             self._search_done(op, search)
+        if not search.gets:
+            search.fetches.clear()
         for op in list(search.puts):       # sending happened in _write_early
             if all(op.id in sn.acked for sn in synced):
                 if not op.permanent:
@@ -777,6 +1069,7 @@ class DhtEngine:
         for op in search.gets:
             self._search_done(op, search)
         search.gets.clear()
+        search.fetches.clear()
         for op in list(search.puts):
             if not op.permanent:
                 search.puts.remove(op)
@@ -824,8 +1117,10 @@ class DhtEngine:
                       on_retry=lambda t: self._slow(search, sn, t))
 
     def _send_listen(self, search: Search, sn: SearchNode, now: float) -> None:
-        if sn.listen_sid is None:
+        if sn.listen_sid is None or sn.listen_addr != sn.node.addr:
+            self.listen_sids.pop(sn.listen_sid or 0, None)
             sn.listen_sid = self._next_tid()
+            sn.listen_addr = sn.node.addr
             self.listen_sids[sn.listen_sid] = (search, sn)
         sn.listen_pending = True
         sid = sn.listen_sid
@@ -922,7 +1217,7 @@ class DhtEngine:
             table = self.tables[fam]
             for target, node in table.stale_buckets(now)[:4]:
                 self._request(node.addr, node, "find", {"target": target}, now,
-                              on_reply=lambda m, t: self._learn_reply(m, t))
+                              on_reply=functools.partial(self._learn_from, node.addr))
             for node in table.dubious(now)[:4]:
                 self.ping(node.addr, now, node)
         if 0 < len(good) < TARGET_NODES:
@@ -933,19 +1228,17 @@ class DhtEngine:
             self._connected = False
             self._events.append(ev.Connectivity(0))
             self._ping_bootstrap(now)
-        delay = random.uniform(5, 25) if len(good) < TARGET_NODES else random.uniform(60, 180)
+        delay = self.rng.uniform(5, 25) if len(good) < TARGET_NODES else self.rng.uniform(60, 180)
         self._at(now + delay, self._maintain)
-
-    def _learn_reply(self, msg: Message, now: float) -> None:
-        for fam, entries in ((4, msg.n4), (6, msg.n6)):
-            for nid, naddr in entries:
-                if nid != self.id and not is_martian(naddr):
-                    self.tables[fam].update(nid, naddr, now, 0)
 
     def _housekeeping(self, now: float) -> None:
         for key, vids in self.storage.expire(now):
             self._notify(key, now, expired=vids)
         self.storage.expire_listeners(now)
+        if now - self._listens_swept > LISTENER_EXPIRE_TIME:
+            self._listens_swept = now
+            for ip in list(self._ip_listens):
+                self._sweep_listens(ip, now)
         self.reassembler.expire(now)
         self.stats["dropped_fragments"] = self.reassembler.dropped
         self._expire_listen_caches(now)

@@ -141,8 +141,12 @@ class RoutingTable:
     def _refresh(
         self, bucket: Bucket, node: Node, addr: tuple[str, int], now: float, confirm: int
     ) -> None:
-        """Only first-hand contact may change an address: a gossiped one could be stale or forged."""
+        """Only first-hand contact may change an address: a gossiped one could be stale or
+        forged. A query's source can be spoofed too, so a query moves a node only once it no
+        longer answers at its address; a reply (it echoed our tid) always may."""
         if confirm < 1:
+            return
+        if confirm == 1 and addr != node.addr and node.is_good(now):
             return
         node.addr = addr
         node.heard(now, reply=confirm == 2)
@@ -206,15 +210,17 @@ class RoutingTable:
     # -- queries --------------------------------------------------------------
 
     def closest(
-        self, target: bytes, count: int = K, now: float | None = None, good_only: bool = False
+        self, target: bytes, count: int = K, now: float | None = None, good_only: bool = False,
+        skip: Callable[[Node], bool] | None = None,
     ) -> list[Node]:
-        """The `count` usable nodes nearest to target by XOR distance, nearest first.
+        """The `count` usable nodes (not `skip`ped) nearest to target by XOR distance, nearest first.
 
         Bucket ranges are aligned blocks, so their XOR-distance intervals are disjoint:
         visiting buckets by increasing minimum distance and stopping once `count` nodes
         are collected is exact and touches only a few buckets.
         """
-        keep = self._filter(now, good_only)
+        usable = self._filter(now, good_only)
+        keep = usable if skip is None else (lambda n: usable(n) and not skip(n))
         t = int.from_bytes(target, "big")
         found: list[Node] = []
         for bucket in sorted(self.buckets, key=lambda b: b.min_distance(t)):

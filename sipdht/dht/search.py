@@ -3,6 +3,11 @@
 Kademlia as OpenDHT runs it: up to SEARCH_NODES tracked by XOR distance, at most
 MAX_IN_FLIGHT requests out, "synced" once the TARGET_NODES closest live nodes
 have answered a get/find with a token recently. The engine drives it.
+
+Gets are paged as a stock OpenDHT client pages them: each node is asked for the ids
+(and seqs) it holds, then every id not yet fetched is asked for on its own, at most
+FETCH_IN_FLIGHT at a time. A key stuffed with junk then costs many small replies
+instead of one burst of fragments that a socket buffer cannot hold.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ TARGET_NODES = 8
 LISTEN_NODES = 4
 MAX_IN_FLIGHT = 4
 SYNC_TIME = 600.0
+FETCH_IN_FLIGHT = 16        # value-by-id gets outstanding per search
+MAX_FETCHES = 4096          # distinct (id, seq) one search will fetch
 
 
 @dataclass(eq=False)
@@ -33,6 +40,7 @@ class SearchNode:
     failed: bool = False
     slow: bool = False          # a request to it timed out once: do not wait for it
     listen_sid: int | None = None
+    listen_addr: tuple[str, int] | None = None    # where the sid was given: updates from there only
     listen_pending: bool = False
     listen_time: float = float("-inf")
     acked: dict[int, float] = field(default_factory=dict)    # put op id -> time acknowledged
@@ -49,6 +57,20 @@ class SearchNode:
 
 
 @dataclass(eq=False)
+class Fetch:
+    """One (value id, seq) some node listed: fetched by id from one of the nodes that have it."""
+    vid: int
+    seq: int
+    sources: list[SearchNode] = field(default_factory=list)   # listed it, not asked yet
+    pending: bool = False
+    fetched: float = float("-inf")      # when the last fetch that ended was sent
+
+    def wanted(self, since: float) -> bool:
+        """Still to ask someone: not fetched for gets started at `since`, and someone has it."""
+        return not self.pending and self.fetched < since and bool(self.sources)
+
+
+@dataclass(eq=False)
 class Search:
     target: InfoHash
     family: int
@@ -58,6 +80,7 @@ class Search:
     puts: list[Any] = field(default_factory=list)
     listens: list[Any] = field(default_factory=list)
     last_used: float = 0.0
+    fetches: dict[tuple[int, int], Fetch] = field(default_factory=dict)
 
     @property
     def busy(self) -> bool:
@@ -75,17 +98,25 @@ class Search:
         sn = SearchNode(node, self.target.distance(node.id), depth)
         keys = [x.distance for x in self.nodes]
         pos = bisect.bisect(keys, sn.distance)
-        if pos >= SEARCH_NODES and len(self.nodes) >= SEARCH_NODES:
+        full = len(self.nodes) >= SEARCH_NODES
+        # A farther node still gets in when it can replace a failed one: silent nodes close
+        # to the key (strangers that once queried us) must not end the search.
+        if full and pos >= SEARCH_NODES and not any(x.failed and self._droppable(x)
+                                                    for x in self.nodes):
             return None
         self.nodes.insert(pos, sn)
         if len(self.nodes) > SEARCH_NODES:
             self._drop_one()
         return sn if sn in self.nodes else None
 
+    @staticmethod
+    def _droppable(sn: SearchNode) -> bool:
+        return sn.listen_sid is None and not sn.acked and not sn.pending
+
     def _drop_one(self) -> None:
         """Drop the farthest node that holds nothing for us (failed ones first)."""
         for cand in [x for x in reversed(self.nodes) if x.failed] + list(reversed(self.nodes)):
-            if cand.listen_sid is None and not cand.acked and not cand.pending:
+            if self._droppable(cand):
                 self.nodes.remove(cand)
                 return
         self.nodes.pop()
@@ -97,6 +128,10 @@ class Search:
 
     def in_flight(self) -> int:
         return sum(1 for sn in self.nodes if sn.pending)
+
+    def fetches_busy(self, since: float) -> bool:
+        """A value fetch is out or still to send for the gets started at `since`."""
+        return any(f.pending or f.wanted(since) for f in self.fetches.values())
 
     def synced_nodes(self, now: float, count: int = TARGET_NODES) -> list[SearchNode] | None:
         """The `count` closest live nodes if all are synced, else None."""

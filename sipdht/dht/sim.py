@@ -123,16 +123,14 @@ class SimNode:
 
 class SimNetwork:
     def __init__(self, seed: int = 0, latency: tuple[float, float] = DEFAULT_LATENCY,
-                 loss: float = 0.0, seed_global: bool = True) -> None:
-        """`seed_global` also seeds the `random` module, which the engine draws its
-        timer jitter from, so that a seed replays the same run."""
+                 loss: float = 0.0) -> None:
+        """Every engine gets its own generator seeded from `seed`, so a seed replays the
+        same run whatever the process's `random` module does."""
         if not 0.0 <= loss <= 1.0:
             raise ValueError("loss is a probability")
         if latency[0] < 0 or latency[1] < latency[0]:
             raise ValueError("latency is (min, max) seconds with 0 <= min <= max")
         self.rng = random.Random(seed)
-        if seed_global:
-            random.seed(seed)
         self.latency = latency
         self.loss = loss
         self.now = 0.0
@@ -156,9 +154,8 @@ class SimNetwork:
         engine_kwargs.setdefault("families", (4,))
         engine_kwargs.setdefault("node_id", InfoHash(self.rng.randbytes(HASH_LEN)))
         engine_kwargs["now"] = self.now
+        engine_kwargs.setdefault("rng", random.Random(self.rng.getrandbits(64)))
         engine = DhtEngine(**engine_kwargs)
-        for table in engine.tables.values():     # bucket refresh ids: reproducible too
-            table._rng = random.Random(self.rng.random())
         node = SimNode(self, index, addr, engine)
         self.nodes.append(node)
         self.by_addr[addr] = node
@@ -222,15 +219,14 @@ class SimNetwork:
 
     def _dispatch(self, node: SimNode, event: ev.Event) -> None:
         node.events.append(event)
-        kind = type(event)
-        if kind is ev.GetValues:
+        if isinstance(event, ev.GetValues):
             node.values.setdefault(event.op, []).extend(event.values)
-        elif kind is ev.GetDone or kind is ev.PutDone:
+        elif isinstance(event, ev.GetDone | ev.PutDone):
             node.done[event.op] = event
             node.finished[event.op] = self.now
-        elif kind is ev.ListenValues:
+        elif isinstance(event, ev.ListenValues):
             node.listened.setdefault(event.op, []).append(event)
-        elif kind is ev.Connectivity:
+        elif isinstance(event, ev.Connectivity):
             node.connected = event.good_nodes > 0
         for callback in node.callbacks:
             callback(node, event)

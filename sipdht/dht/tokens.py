@@ -2,6 +2,9 @@
 
 A token proves the requester can receive at the address it puts or listens
 from; OpenDHT only needs it to be opaque, so the same scheme is used here.
+The secrets come from os.urandom (never from an injected, seedable generator: a
+guessable secret would let anyone forge tokens); the rotation times, which only
+shape timing, come from the engine's generator so a simulation replays.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ ROTATE_MIN, ROTATE_MAX = 15 * 60.0, 45 * 60.0
 
 
 class Tokens:
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, rng: random.Random | None = None) -> None:
+        self.rng = rng if rng is not None else random.SystemRandom()
         self.secret = os.urandom(8)
         self.previous = os.urandom(8)
-        self.next_rotation = now + random.uniform(ROTATE_MIN, ROTATE_MAX)
+        self.next_rotation = now + self.rng.uniform(ROTATE_MIN, ROTATE_MAX)
 
     @staticmethod
     @functools.lru_cache(maxsize=4096)
@@ -40,4 +44,4 @@ class Tokens:
 
     def rotate(self, now: float) -> None:
         self.previous, self.secret = self.secret, os.urandom(8)
-        self.next_rotation = now + random.uniform(ROTATE_MIN, ROTATE_MAX)
+        self.next_rotation = now + self.rng.uniform(ROTATE_MIN, ROTATE_MAX)

@@ -218,7 +218,6 @@ class V1Account:
             return
         finally:
             self._setups.discard(offer.id)
-        log.info("link with %s up over %s", offer.caller, link.path)
         try:
             self._incoming.put_nowait(IncomingLink(link, offer.caller, offer.uri))
         except asyncio.QueueFull:

@@ -1,6 +1,6 @@
 """The INI file of a sipdht process a test starts on loopback.
 
-IPv4 on 127.0.0.1, an ephemeral port, no state file, no periodic stats, a 2048-bit identity
+IPv4 on 127.0.0.1, ephemeral DHT and SIP ports, no state file, no periodic stats, a 2048-bit identity
 (fast to create), and always an explicit `[dht] bootstrap` (empty unless given): the built-in
 default joins the public OpenDHT network, which a test must never reach.
 """
@@ -22,6 +22,8 @@ bind4 = 127.0.0.1
 ipv6 = no
 bootstrap = {bootstrap}
 state_file =
+[sip]
+listen = 127.0.0.1:0
 [log]
 stats_interval = 0
 {extra}""")

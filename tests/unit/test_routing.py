@@ -227,9 +227,14 @@ def test_update_moved_address():
     same = table.update(nid, ("198.51.100.9", 2000), T0 + 1, confirm=0)
     assert same is node and node.addr == ("203.0.113.1", 1000)  # gossip cannot move it
     assert node.time == T0
-    moved = table.update(nid, ("198.51.100.9", 2000), T0 + 2, confirm=1)
-    assert moved is node and node.addr == ("198.51.100.9", 2000)
-    assert node.time == T0 + 2 and node.reply_time == T0
+    table.update(nid, ("198.51.100.9", 2000), T0 + 2, confirm=1)
+    assert node.addr == ("203.0.113.1", 1000) and node.time == T0   # a spoofable query: no
+    later = T0 + NODE_EXPIRE_TIME + 1                                # no longer good ...
+    moved = table.update(nid, ("198.51.100.9", 2000), later, confirm=1)
+    assert moved is node and node.addr == ("198.51.100.9", 2000)     # ... then it may move
+    assert node.time == later and node.reply_time == T0
+    table.update(nid, ("198.51.100.10", 3000), later + 1, confirm=2)   # a reply always moves it
+    assert node.addr == ("198.51.100.10", 3000)
     assert len(table) == 1
 
 

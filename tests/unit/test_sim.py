@@ -64,6 +64,24 @@ def test_same_seed_replays_the_same_run():
     assert run(7)[3] != run(8)[3]
 
 
+def test_seed_replays_whatever_the_random_module_does():
+    """Every engine draws from the sim's seeded generators, never from the `random`
+    module: reseeding or drawing from it between (and during) two runs changes nothing."""
+    def run(noise: int) -> tuple:
+        random.seed(noise)
+        sim = build(30, 9)
+        random.seed(noise + 1)
+        sim.call_at(sim.now + 50, lambda: random.seed(noise + 2))
+        key, value = key_and_value(sim.rng, "v")
+        stored = sim.put(sim.nodes[3], key, value).stored
+        sim.run(400)                        # maintenance and token rotation timers fire
+        values, done = sim.get(sim.nodes[7], key)
+        tids = sorted(tid for n in sim.nodes for tid in n.engine.requests)
+        return sim.now, dict(sim.stats), stored, done, tids, dict(sim.engine_stats())
+
+    assert run(1) == run(12345)
+
+
 def test_idle_network_costs_few_steps():
     """Lazy timer re-arming: an idle engine wakes up for its own timers only."""
     sim = build(20, seed=2)
@@ -112,7 +130,7 @@ def test_concurrent_puts_all_fail_together_when_every_peer_is_gone():
     results = sim.put_all([(node, key, new_value(b"%d" % i, vid=i + 1)) for i in range(3)],
                           timeout=60)
     assert all(r.done is not None and r.done.stored == 0 for r in results), results
-    latencies = [r.latency for r in results]
+    latencies = [r.latency for r in results]     # simulated seconds, not wall clock
     assert max(latencies) - min(latencies) < 1.0, f"PutDone latencies {latencies}"
 
 
@@ -252,3 +270,34 @@ def test_values_survive_churn_and_new_ones_are_found():
         failures += describe_failures(results, value)
     assert not failures, "values put before the churn:\n" + "\n".join(failures)
     assert sim.stats["dropped_down"] > 0
+
+
+def test_searches_do_not_wait_again_on_a_node_that_timed_out():
+    """Searches share what they learnt: an address that let a request expire is skipped
+    by the next searches for a while, instead of being asked (and waited on) again."""
+    sim = build(150, seed=16)
+    node = sim.nodes[0]
+    crashed = {n.addr for n in sim.churn(0.3, exclude=[node])}
+    asked: dict = {}
+    pump = node.engine.datagrams_to_send
+
+    def counting(now: float) -> list:
+        out = pump(now)
+        for data, addr in out:
+            if addr in crashed and b"\xa1y\xa1q" in data:
+                asked.setdefault(addr, []).append(now)
+        return out
+
+    node.engine.datagrams_to_send = counting           # type: ignore[method-assign]
+    latencies = []
+    for _ in range(30):
+        key = InfoHash(sim.rng.randbytes(20))
+        start = sim.now
+        sim.get(node, key, timeout=60)
+        latencies.append(sim.now - start)
+    # one request is 3 datagrams (attempts); a second request within a minute is a re-wait
+    rewaited = {a: ts for a, ts in asked.items() if len(ts) > 3 and ts[3] - ts[0] < 60}
+    print(f"\nget latency after 30% churn: first 10 {summarize(latencies[:10])['median']:.3f}s, "
+          f"last 20 {summarize(latencies[10:])['median']:.3f}s; dead addresses asked "
+          f"{len(asked)}, asked again {len(rewaited)}")
+    assert not rewaited, f"{len(rewaited)} dead addresses asked again: {list(rewaited.items())[:3]}"
