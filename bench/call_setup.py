@@ -462,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         log(f"interrupted ({exc or 'Ctrl-C'})")
         return 130
+    except (RuntimeError, TimeoutError, EOFError) as exc:
+        log(f"failed: {exc}\n(--keep-logs DIR keeps every process's log)")
+        return 1
     print(f"total {time.monotonic() - t0:.0f} s; load average "
           f"{open('/proc/loadavg').read().split()[0]}")
     return 0
