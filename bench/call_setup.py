@@ -9,7 +9,7 @@ Paths, all measured in the same run and on the same topology (see bench/README.m
                   site (2 RTT); ``kamailio@callee`` puts a second one beside the callee (1 RTT);
 * ``sipdht``      SIPp UAC -> `sipdht run` agent A (its [sip] gateway) -> link -> agent B ->
                   SIPp UAS (registered at agent B): ``first (cold A)`` is the first call of a
-                  freshly started agent A (nothing cached: DHT lookup, B's certificate,
+                  freshly started agent A (nothing cached: DHT lookup, what A fetches once per peer,
                   signalling, ICE); ``new link`` calls each need a new link to B, which A has
                   called before (the previous link was closed for idleness); ``reused`` calls
                   go over a link that is up.
@@ -460,9 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", type=int, default=20,
                     help="sipdht first calls, each by a freshly started agent A")
     ap.add_argument("--first", type=int, default=20,
-                    help="sipdht calls that each need a new link to a known peer (keep "
-                    "--cold + --first <= 50: each leaves an offer on B's DHT inbox, and an inbox "
-                    "with more than 64 values is not read back whole, see bench/README.md)")
+                    help="sipdht calls that each need a new link to a known peer")
     ap.add_argument("--idle", type=float, default=2.0,
                     help="[ice] idle_timeout of the agents (s): how soon a link closes")
     ap.add_argument("--no-sipdht", action="store_true", help="only direct and Kamailio")
