@@ -6,6 +6,7 @@ gateway (only with `sip=True`, as in `sipdht run`) talks to softphones.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from .account import Link
@@ -20,6 +21,8 @@ from .v1.account import V1Account, ice_config
 from .v1.locator import Resolution, device_id_for
 
 log = logging.getLogger(__name__)
+
+PRESENCE_INTERVAL = 1.0     # seconds between two looks at the registrar
 
 
 class Agent:
@@ -37,6 +40,7 @@ class Agent:
                             device, serve)
         self.pool = LinkPool([self.v1], config.ice.idle_timeout, self.tasks)
         self.gateway: Gateway | None = None
+        self._publish_when_registered = sip and serve and config.sip.publish == "registered"
         if sip:
             self.gateway = Gateway(config.sip, config.contacts, self.pool, self.account,
                                    config.sip.domain)
@@ -52,8 +56,10 @@ class Agent:
             await self.gateway.start()
         await self.node.start()
         joined = await self.node.wait_connected(join_timeout)
-        await self.v1.start()
+        await self.v1.start(online=not self._publish_when_registered)
         await self.pool.start()
+        if self._publish_when_registered:
+            self.tasks.forever("presence", self._presence_loop)
         if self.serve:
             self.tasks.spawn(self._certificate(), "certificate")
         return joined
@@ -62,9 +68,20 @@ class Agent:
         if self.gateway is not None:
             await self.gateway.stop()      # BYE / 503 to the calls in progress
         await self.pool.stop()
+        await self.tasks.stop()            # nothing may publish again once we say offline
         await self.v1.stop()
-        await self.tasks.stop()
         await self.node.stop()
+
+    async def _presence_loop(self) -> None:
+        """[sip] publish = registered: online while at least one softphone is registered."""
+        assert self.gateway is not None
+        while True:
+            registered = bool(self.gateway.registrar.bindings(self.gateway.now()))
+            if registered != self.v1.locator.publishing:
+                log.info("%s softphone registered: contact record %s", "a" if registered
+                         else "no", "published" if registered else "set offline")
+                await self.v1.set_online(registered)
+            await asyncio.sleep(PRESENCE_INTERVAL)
 
     async def _certificate(self) -> None:
         while not await self.node.wait_connected(60):

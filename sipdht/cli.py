@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -82,11 +83,19 @@ def _config_path(args: argparse.Namespace) -> Path | None:
     return default if default.exists() else None
 
 
+def _private_log(path: Path) -> Path:
+    """Logs name accounts and peers' addresses: a new log file is created 0600, never through
+    a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+    return path
+
+
 def setup_logging(config: Config, verbose: bool) -> None:
     level = logging.DEBUG if verbose else getattr(logging, config.log.level.upper())
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.log.file:
-        handlers.append(logging.FileHandler(config.log.file))
+        handlers.append(logging.FileHandler(_private_log(config.log.file)))
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:   # aioice logs every candidate pair at INFO

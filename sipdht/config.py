@@ -229,6 +229,7 @@ class SipConfig:
     media_address: str = _opt("", text)     # address put in SDP for the relay ports
     rtp_port_min: int = _opt(40000, int_range(1024, 65534))
     rtp_port_max: int = _opt(49999, int_range(1025, 65535))
+    publish: str = _opt("always", choice("always", "registered"))
 
 
 @dataclass

@@ -100,3 +100,11 @@ def test_run_creates_identity_and_stops_on_sigint(ini, tmp_path):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "account " in err
+
+
+def test_the_log_file_is_private(tmp_path):
+    """Before: the [log] file was created 0644 (it names accounts and peers' addresses)."""
+    ini = loopback_ini(tmp_path / "s.ini", extra="file = sipdht.log\n")
+    assert sipdht("init", "--config", str(ini)).returncode == 0
+    log = tmp_path / "sipdht.log"
+    assert log.exists() and stat.S_IMODE(log.stat().st_mode) == 0o600

@@ -43,6 +43,7 @@ NAME = "sipdht/1"
 MAX_SETUPS = 8              # incoming link set-ups (ICE sessions) at a time
 MAX_INBOX_QUEUE = 256       # inbox values waiting for their (RSA) decryption
 MAX_DIGESTS = 4096          # ciphertexts already seen (decrypted at most once)
+ANSWER_POLL = 1.0           # seconds between two reads of our inbox while a call waits
 MAX_WAITING = 32            # accepted links nobody has taken yet
 LOG_EVERY = 10.0            # seconds between two log lines about bad inbox values
 
@@ -76,14 +77,23 @@ class V1Account:
     def account(self) -> str:
         return self.secure.account_id
 
-    async def start(self) -> None:
+    async def start(self, online: bool = True) -> None:
         self.tasks.forever("v1 inbox", self._inbox_loop)
         self.tasks.forever("v1 inbox worker", self._inbox_worker)
-        if self.serve:
+        if self.serve and online:
             self.locator.start()
 
     async def stop(self) -> None:
         if self.serve:
+            await self.locator.stop()
+
+    async def set_online(self, online: bool) -> None:
+        """Publish the contact record (and keep it fresh), or replace it by an offline one."""
+        if not self.serve or online == self.locator.publishing:
+            return
+        if online:
+            self.locator.start()
+        else:
             await self.locator.stop()
 
     # --- resolve ----------------------------------------------------------------------------
@@ -97,8 +107,22 @@ class V1Account:
     async def connect(self, account: str, *, device: str | None = None, uri: str = "",
                       timeout: float | None = None) -> PeerLink:
         """Lookup -> gather -> offer/answer -> ICE; raises a CallFailure subclass."""
-        deadline = time.monotonic() + (timeout or self.ice.timeout)
         bd = Breakdown()
+        try:
+            link = await self._connect(account, device, uri, timeout, bd)
+        except CallFailure as exc:
+            log.warning("link to %s failed (lookup %.0f ms, gather %.0f ms, signalling %.0f ms, "
+                        "ICE %.0f ms): %s", account, bd.lookup_ms, bd.gather_ms,
+                        bd.signalling_ms, bd.ice_ms, exc)
+            raise
+        log.info("link to %s: lookup %.0f ms, gather %.0f ms, signalling %.0f ms, ICE %.0f ms, "
+                 "path %s", account, bd.lookup_ms, bd.gather_ms, bd.signalling_ms, bd.ice_ms,
+                 bd.path)
+        return link
+
+    async def _connect(self, account: str, device: str | None, uri: str,
+                       timeout: float | None, bd: Breakdown) -> PeerLink:
+        deadline = time.monotonic() + (timeout or self.ice.timeout)
         t = time.monotonic()
         found = await self.locator.resolve(account, first_online=device is None)
         bd.lookup_ms = _ms(t)
@@ -110,8 +134,12 @@ class V1Account:
             params = await _named(ice.gather(), account)
             bd.gather_ms = _ms(t)
             mine, t = EphemeralKey(), time.monotonic()
-            answer = await self._call(account, key, params, mine, uri or f"sip:{account}@dht",
-                                      deadline, device or "")
+            poll = self.tasks.spawn(self._poll_inbox(), "v1 answer poll")
+            try:
+                answer = await self._call(account, key, params, mine,
+                                          uri or f"sip:{account}@dht", deadline, device or "")
+            finally:
+                poll.cancel()
             bd.signalling_ms, t = _ms(t), time.monotonic()
             await _named(ice.connect(answer.ice, _left(deadline)), account)
             bd.ice_ms = _ms(t)
@@ -136,6 +164,17 @@ class V1Account:
             detail = str(exc) or f"within {_left(deadline, 0):.0f} s"
             raise NoAnswer(account, f"no answer from {account}: {detail}") from None
 
+    async def _poll_inbox(self) -> None:
+        """While we wait for an answer, also read our inbox now and then: on a lossy path a
+        listen notification can be lost for good, and a call should not wait for the next
+        listen refresh. Values already seen cost a hash, not a decryption."""
+        await asyncio.sleep(ANSWER_POLL)
+        while True:
+            async for value in self.secure.node.get_iter(inbox_key(self.account), local=False):
+                self._enqueue(value)
+            self.stats["inbox_polls"] += 1
+            await asyncio.sleep(ANSWER_POLL)
+
     # --- incoming ---------------------------------------------------------------------------
 
     async def incoming(self) -> AsyncIterator[IncomingLink]:
@@ -148,13 +187,18 @@ class V1Account:
         listen = self.secure.node.listen(inbox_key(self.account))
         try:
             async for kind, value in listen:
-                if kind == "add" and self._first_time(value):
-                    try:
-                        self._work.put_nowait(value)
-                    except asyncio.QueueFull:
-                        self.stats["inbox_overflow"] += 1
+                if kind == "add":
+                    self._enqueue(value)
         finally:
             listen.cancel()
+
+    def _enqueue(self, value: Value) -> None:
+        if not self._first_time(value):
+            return
+        try:
+            self._work.put_nowait(value)
+        except asyncio.QueueFull:
+            self.stats["inbox_overflow"] += 1
 
     def _first_time(self, value: Value) -> bool:
         digest = hashlib.sha256(value.cypher or value.signature or value.data).digest()

@@ -1,8 +1,8 @@
 """ICE for protocol v1 links (aioice): gather, exchange parameters, connect within a bound.
 
 aioice takes one STUN and one TURN server; `_Connection` asks every configured STUN server
-(more srflx candidates, one dead server costs nothing) and falls back to the next TURN
-server when an allocation fails.
+at once (gathering ends soon after each host address has its reflexive candidate, so a dead
+server costs nothing) and falls back to the next TURN server when an allocation fails.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MAX_REMOTE_CANDIDATES = 64
 GATHER_TIMEOUT = 5
+STUN_GRACE = 0.1            # after every host has a srflx candidate, for other servers' answers
 
 
 @dataclass
@@ -52,13 +53,14 @@ class _Connection(aioice.Connection):
     """aioice with an explicit list of host addresses and several STUN/TURN servers."""
 
     def __init__(self, config: IceConfig, **kwargs) -> None:
-        stun = [s for s in config.stun if _ipv4_or_name(s[0])]   # aioice: STUN over IPv4 only
-        super().__init__(stun_server=stun[0] if stun else None,
+        # aioice asks STUN over IPv4 only; every server is asked by _srflx, not by aioice
+        super().__init__(stun_server=None,
                          turn_server=config.turn[0] if config.turn else None,
                          turn_username=config.turn_username, turn_password=config.turn_password,
                          **kwargs)
         self._host_addresses = config.host_addresses
-        self._more_stun, self._more_turn = stun[1:], config.turn[1:]
+        self._stun = [s for s in config.stun if _ipv4_or_name(s[0])]
+        self._more_turn = config.turn[1:]
 
     async def gather_candidates(self) -> None:
         if self._host_addresses is None:
@@ -73,30 +75,34 @@ class _Connection(aioice.Connection):
     async def get_component_candidates(self, component: int, addresses: list[str],
                                        timeout: int = GATHER_TIMEOUT) -> list[aioice.Candidate]:
         cands = await super().get_component_candidates(component, addresses, timeout)
-        cands += await self._more_srflx(timeout)
+        cands += await self._srflx(timeout)
         if self.turn_server and not any(c.type == "relay" for c in cands):
             cands += await self._fallback_relay(component)
         return cands
 
-    async def _more_srflx(self, timeout: int) -> list[aioice.Candidate]:
+    async def _srflx(self, timeout: int) -> list[aioice.Candidate]:
+        """Reflexive candidates from every STUN server, asked in parallel."""
         hosts = [p for p in self._protocols if p.local_candidate.type == "host"
                  and ipaddress.ip_address(p.local_candidate.host).version == 4]
-        tasks = [asyncio.ensure_future(server_reflexive_candidate(p, s))
-                 for s in self._more_stun for p in hosts]
-        if not tasks:
-            return []
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        pending = {asyncio.ensure_future(server_reflexive_candidate(p, s))
+                   for s in self._stun for p in hosts}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        found: dict[tuple[str, int], aioice.Candidate] = {}
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()),
+                                               return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            for task in done:
+                if task.exception() is None:
+                    cand = task.result()[0]
+                    found.setdefault((cand.host, cand.port), cand)
+            if {c.related_address for c in found.values()} >= {p.local_candidate.host for p in hosts}:
+                deadline = min(deadline, loop.time() + STUN_GRACE)
         for task in pending:
             task.cancel()
-        seen: set[tuple[str, int]] = set()
-        out = []
-        for task in done:
-            if task.exception() is None:
-                cand = task.result()[0]
-                if (cand.host, cand.port) not in seen:
-                    seen.add((cand.host, cand.port))
-                    out.append(cand)
-        return out
+        return list(found.values())
 
     async def _fallback_relay(self, component: int) -> list[aioice.Candidate]:
         for server in self._more_turn:

@@ -157,6 +157,10 @@ class Locator:
         found = await self.resolve(self.account, local=False)
         return any(d.id == self.device_id and d.online for d in found.devices)
 
+    @property
+    def publishing(self) -> bool:
+        return self._task is not None
+
     def start(self) -> None:
         """Publish now and every REPUBLISH_INTERVAL (well within the record lifetime)."""
         self._task = asyncio.create_task(self._publish_loop())

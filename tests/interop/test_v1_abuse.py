@@ -103,3 +103,47 @@ async def test_an_inbox_flood_is_decrypted_once_per_ciphertext_and_calls_still_w
     finally:
         await alice.stop()
         await bob.stop()
+
+
+@async_test
+async def test_publish_only_while_a_softphone_is_registered(dht, idents, tmp_path, monkeypatch):  # noqa: F811
+    """[sip] publish = registered: callers see the account offline (480 at once) unless a
+    phone is registered at its agent. sipsak is the phone."""
+    from tests.harness.requirements import require_binary
+
+    require_binary("sipsak")
+    monkeypatch.setattr("sipdht.agent.PRESENCE_INTERVAL", 0.1)
+    bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path, sip=True,
+                     configure=lambda cfg: setattr(cfg.sip, "publish", "registered"))
+    alice = make_agent(dht, idents["alice"], serve=False)
+    await started(bob, alice)
+
+    async def sipsak(expires: int) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "sipsak", "-U", "-C", "sip:bob@127.0.0.1:5999", "-x", str(expires),
+            "-s", f"sip:bob@127.0.0.1:{bob.gateway.port}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+    async def online_within(seconds: float) -> bool:
+        for _ in range(int(seconds * 10)):
+            found = await alice.lookup(bob.account)
+            if found.online:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    try:
+        assert not (await alice.lookup(bob.account)).devices      # nothing published yet
+        await sipsak(300)
+        assert await online_within(5)
+        await sipsak(0)                                           # the phone unregisters
+        for _ in range(50):
+            found = await alice.lookup(bob.account)
+            if found.devices and not found.online:
+                break
+            await asyncio.sleep(0.1)
+        assert found.devices and not found.online                 # an offline record: 480
+    finally:
+        await alice.stop()
+        await bob.stop()
