@@ -63,6 +63,10 @@ LOCAL = "127.0.0.1"                 # softphones reach their own agent on loopba
 KAM_PORT, KAM_B_PORT = 5080, 5082
 DHT_PORT = 4222
 PUBLISHED = r"contact record of \w+ published on [1-9]"
+# agent A's per-link set-up line (sipdht.v1.account)
+SETUP_RE = re.compile(r"link to \w+: lookup (\d+) ms, gather (\d+) ms, signalling (\d+) ms, "
+                      r"ICE (\d+) ms")
+STAGES = ("lookup", "gather", "signalling", "ICE")
 
 
 def log(msg: str) -> None:
@@ -263,6 +267,7 @@ class Bench:
         self.results: dict[str, _sipp.CallTimes] = {}
         self.kams: dict[str, str] = {}
         self.agents: Agents | None = None
+        self.stages: dict[str, list[list[float]]] = {}
         self.n = 0
         self.uas = lab.spawn(lab.b, [_sipp.SIPP, "-sf", str(self.scen["uas"]), "-i", lab.b.ip,
                                      "-p", str(UAS_PORT), "-nostdin"], "sipp-uas")
@@ -316,7 +321,7 @@ class Bench:
         for i in range(count):
             if i:
                 ag.restart_a()
-            self.batch("sipdht first (cold A)", ag.gw_a, ag.bob_id, 1)
+            self.timed_link_call("sipdht first (cold A)")
 
     def new_link_calls(self, count: int) -> None:
         """Calls that each need a new link to a peer agent A has called before."""
@@ -326,7 +331,18 @@ class Bench:
             if not ag.wait_no_link(self.args.idle + 15):
                 log("  the link did not close for idleness: stopping new-link samples")
                 break
-            self.batch("sipdht new link", ag.gw_a, ag.bob_id, 1)
+            self.timed_link_call("sipdht new link")
+
+    def timed_link_call(self, path: str) -> None:
+        """One call that sets up a link; agent A's log gives the link's set-up stages."""
+        ag = self.agents
+        assert ag is not None
+        mark = ag.a.mark()
+        self.batch(path, ag.gw_a, ag.bob_id, 1)
+        time.sleep(0.05)
+        found = SETUP_RE.findall(ag.a.text()[mark:])
+        if found:
+            self.stages.setdefault(path, []).append([float(x) for x in found[-1]])
 
     def round(self, r: int) -> None:
         paths: list[tuple[str, str, str]] = [("direct", self.uas_contact, "bob")]
@@ -349,6 +365,18 @@ def fmt(x: float, d: int = 2) -> str:
 
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b and a == a and b == b else "-"
+
+
+def stage_line(samples: list[list[float]], t180: float) -> str:
+    """Medians of agent A's link set-up stages for these calls, and what is left of INVITE->180."""
+    if not samples:
+        return "    (no link set-up line in agent A's log)"
+    meds = [median([x[i] for x in samples]) for i in range(len(STAGES))]
+    total = median([sum(x) for x in samples])
+    return ("    agent A's link set-up, medians of " + str(len(samples)) + " calls: "
+            + ", ".join(f"{n} {m:.0f}" for n, m in zip(STAGES, meds, strict=True))
+            + f" ms; sum {total:.0f} ms; INVITE->180 p50 minus that {t180 - total:.0f} ms "
+            "(SIP through both gateways and the link, plus whatever overlaps)")
 
 
 def report(lab: Lab, b: Bench) -> str:
@@ -386,6 +414,7 @@ def report(lab: Lab, b: Bench) -> str:
                 st = stats[row_name]
                 out.append(f"  {row_name}: INVITE->180 p50 {st[0]:.1f} ms = {ratio(st[0], floor)} x "
                            f"the floor, p95 {st[1]:.1f} ms = {ratio(st[1], floor)} x")
+                out.append(stage_line(b.stages.get(row_name, []), st[0]))
     reused = stats.get("sipdht reused")
     if reused and k:
         kc = stats.get("kamailio@callee")
