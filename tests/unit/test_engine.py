@@ -689,17 +689,21 @@ class Net:
     def addr(self, e: DhtEngine) -> tuple[str, int]:
         return next(a for a, x in self.nodes.items() if x is e)
 
-    def pump(self, now: float, rounds: int = 200) -> None:
+    def pump(self, now: float, rounds: int = 200, drop=lambda src, data, dst: False) -> None:
+        """Deliver until nothing is sent; `drop(src, data, dst)` loses chosen datagrams."""
         for _ in range(rounds):
             batch = [(src, data, dst) for src, e in self.nodes.items()
                      for data, dst in e.datagrams_to_send(now)]
             if not batch:
                 return
-            for src, data, dst in batch:
-                self.log.append((src, dst, data))
-                if dst in self.nodes:
-                    self.nodes[dst].receive_datagram(data, src, now)
+            self.deliver(batch, now, drop)
         raise AssertionError("the network did not settle")
+
+    def deliver(self, batch, now: float, drop) -> None:
+        for src, data, dst in batch:
+            self.log.append((src, dst, data))
+            if dst in self.nodes and not drop(src, data, dst):
+                self.nodes[dst].receive_datagram(data, src, now)
 
 
 def events(e: DhtEngine) -> list:
@@ -864,17 +868,15 @@ def test_a_put_whose_ack_is_lost_waits_for_the_retry() -> None:
     net, srv, cli = connected_pair()
     value = Value(id=77, type=0, data=b"offer", utype="text/plain")
     op = cli.put(H, value, T0)
-    dropped = []
-    for _ in range(50):                         # deliver everything but srv's first put ack
-        batch = [(src, data, dst) for src, e in net.nodes.items()
-                 for data, dst in e.datagrams_to_send(T0)]
-        if not batch:
-            break
-        for src, data, dst in batch:
-            if src == net.addr(srv) and not dropped and H in srv.storage.keys():
-                dropped.append(data)
-                continue
-            net.nodes[dst].receive_datagram(data, src, T0)
+    dropped: list[bytes] = []
+
+    def first_ack(src, data, dst) -> bool:      # srv's first datagram once it has the value
+        if src == net.addr(srv) and not dropped and H in srv.storage.keys():
+            dropped.append(data)
+            return True
+        return False
+
+    net.pump(T0, drop=first_ack)
     assert dropped and H in srv.storage.keys()
     now = T0
     for _ in range(40):                         # time passes: cli retries the put

@@ -107,19 +107,17 @@ class LossyNet(Net):
 
     QUEUE = 256
 
-    def pump(self, now: float, rounds: int = 2000) -> None:
-        for _ in range(rounds):
-            batch = [(src, data, dst) for src, e in self.nodes.items()
-                     for data, dst in e.datagrams_to_send(now)]
-            if not batch:
-                return
-            queued: Counter = Counter()
-            for src, data, dst in batch:
-                self.log.append((src, dst, data))
-                queued[dst] += 1
-                if dst in self.nodes and queued[dst] <= self.QUEUE:
-                    self.nodes[dst].receive_datagram(data, src, now)
-        raise AssertionError("the network did not settle")
+    def pump(self, now: float, rounds: int = 2000, drop=lambda src, data, dst: False) -> None:
+        super().pump(now, rounds, drop)
+
+    def deliver(self, batch, now: float, drop) -> None:
+        queued: Counter = Counter()
+
+        def lost(src, data, dst) -> bool:
+            queued[dst] += 1
+            return queued[dst] > self.QUEUE or drop(src, data, dst)
+
+        super().deliver(batch, now, lost)
 
 
 def run_until(net: Net, start: float, done, limit: float = 30.0) -> float:
