@@ -254,14 +254,16 @@ class V1Account:
         self._setups.add(offer.id)
         log.info("call %016x from %s: answering", offer.id, offer.caller)
         ice = IceSession(self.ice, controlling=False)
+        link: PeerLink | None = None
         try:
             link = await self._answer(call, ice)
         except (CallFailure, OSError) as exc:
-            await ice.close()
             log.warning("call %016x from %s failed: %s", offer.id, offer.caller, exc)
             return
         finally:
             self._setups.discard(offer.id)
+            if link is None:           # failed or cancelled (agent stopping): no leaked ICE
+                await ice.close()
         try:
             self._incoming.put_nowait(IncomingLink(link, offer.caller, offer.uri))
         except asyncio.QueueFull:

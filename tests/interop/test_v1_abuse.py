@@ -147,3 +147,38 @@ async def test_publish_only_while_a_softphone_is_registered(dht, idents, tmp_pat
     finally:
         await alice.stop()
         await bob.stop()
+
+
+@async_test
+async def test_a_burst_of_offers_starts_a_bounded_number_of_ice_sessions(dht, idents, tmp_path):  # noqa: F811
+    """Before: every accepted offer started its own ICE session at once (100 offers = 100
+    sessions, +30 MB, each pinging the candidates the stranger chose)."""
+    import time
+
+    from sipdht.v1.account import MAX_SETUPS
+    from sipdht.v1.ice import IceParams
+    from sipdht.v1.sealing import EphemeralKey
+    from sipdht.v1.signaling import Offer, new_call_id
+
+    bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
+    mallory = make_agent(dht, idents["mallory"], serve=False)
+    await started(bob, mallory)
+    try:
+        key = (await mallory.lookup(bob.account)).public_key
+        # candidates nobody answers: each accepted offer keeps an ICE session busy
+        ice = IceParams("abcd", "p" * 22, ["1 1 UDP 2130706431 127.0.0.1 9 typ host"])
+        for _ in range(3 * MAX_SETUPS):
+            offer = Offer(new_call_id(), mallory.account, bob.account, ice,
+                          EphemeralKey().public, time.time())
+            await mallory.v1.signaling.send(bob.account, key, offer)
+        peak = 0
+        for _ in range(30):
+            peak = max(peak, len(bob.v1._setups))
+            if bob.v1.stats["incoming_over_capacity"] >= MAX_SETUPS:
+                break
+            await asyncio.sleep(0.1)
+        assert 0 < peak <= MAX_SETUPS
+        assert bob.v1.stats["incoming_over_capacity"] >= MAX_SETUPS
+    finally:
+        await mallory.stop()
+        await bob.stop()
