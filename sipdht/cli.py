@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, signals
 from .config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -130,6 +130,8 @@ def stop_on_signals():
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if signals.early:           # it came while the modules were still loading
+        stop.set()
     try:
         yield stop
     finally:
@@ -176,10 +178,20 @@ def _failure_types() -> tuple[type[BaseException], ...]:
     return (OperationFailed, OSError) + ((identity.IdentityError,) if identity else ())
 
 
+LONG_RUNNING = ("run", "node")     # they stop cleanly on a signal, even one during start-up
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import commands
 
-    commands.load_for(_command_name(argv))
+    signals.catch()
+    name = _command_name(argv)
+    try:
+        if name not in LONG_RUNNING:
+            signals.release()
+        commands.load_for(name)
+    except KeyboardInterrupt:
+        return EXIT_OK
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

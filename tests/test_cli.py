@@ -108,3 +108,21 @@ def test_the_log_file_is_private(tmp_path):
     assert sipdht("init", "--config", str(ini)).returncode == 0
     log = tmp_path / "sipdht.log"
     assert log.exists() and stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("command", ["run", "node"])
+def test_a_signal_during_start_up_is_a_clean_stop(ini, command):
+    """Before: SIGINT while the modules were loading killed `sipdht run` (exit -2, seen in
+    CI when a test stopped an agent it had just started)."""
+    assert sipdht("init", "--config", str(ini)).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "sipdht", command, "--config", str(ini)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.1)                          # while the modules are still loading
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "Traceback" not in err, err
