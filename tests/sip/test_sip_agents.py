@@ -88,6 +88,7 @@ async def test_sipp_calls_through_two_agents_and_failure_codes(dht, idents, tmp_
             rc, out = await sipp_call(gw_a, gw_b, calls=3, rate=5, limit=3, uac_scenario=uac,
                                       uas_scenario=uas, callee=bob.account, timeout=30)
             assert rc == 0, f"{uac}: {out}"
+        await malformed_then_a_call_still_works(gw_a, gw_b, bob.account)
     finally:
         await gw_a.stop()
         await gw_b.stop()
@@ -95,3 +96,29 @@ async def test_sipp_calls_through_two_agents_and_failure_codes(dht, idents, tmp_
         await bob.stop()
         await dora.stop()
         await erin.stop()
+
+
+async def malformed_then_a_call_still_works(gw_a: Gateway, gw_b: Gateway, callee: str) -> None:
+    """Junk from a local client (truncated, bad Content-Length, 1,000 headers, non-UTF-8,
+    binary) gets a 400 or is dropped, and the next SIPp calls through both agents work."""
+    phone = await SipClient.open()
+    try:
+        good = request("OPTIONS", f"sip:gw@127.0.0.1:{gw_a.port}", phone.port)
+        for junk in (good[:len(good) // 2].encode(),
+                     good.replace("Content-Length: 0", "Content-Length: x").encode(),
+                     good.replace("Max-Forwards: 70\r\n",
+                                  "Max-Forwards: 70\r\n" + "X-A: b\r\n" * 1000).encode(),
+                     good.encode().replace(b"To: <sip:gw", b"To: <sip:\xff\xfegw"),
+                     bytes(range(256)) * 8):
+            phone.send(junk, gw_a.port)
+        for _ in range(5):
+            try:
+                answer = await phone.recv_raw(0.5)
+            except TimeoutError:
+                break
+            assert answer.startswith(b"SIP/2.0 400 "), answer[:80]
+    finally:
+        phone.close()
+    assert gw_a.stats["malformed"] >= 5
+    rc, out = await sipp_call(gw_a, gw_b, calls=5, rate=5, limit=5, callee=callee, timeout=30)
+    assert rc == 0, out
