@@ -145,7 +145,7 @@ class Locator:
         """Publish, read the record back, and once more under a fresh value id when it is
         not there (someone holds our id with a value we cannot replace)."""
         stored = await self.publish()
-        if not await self._visible():   # storers may ack (dhtnode does) yet keep the squatter
+        if stored and not await self._visible():   # storers ack (dhtnode does), keep the squatter
             self.stats["record_squatted"] += 1
             log.warning("contact record not found after publishing it (value id taken?): "
                         "publishing under a new id")
@@ -170,7 +170,11 @@ class Locator:
             stored = 0
             try:
                 stored = await self.publish_checked()
-                log.info("contact record of %s published on %d node(s)", self.account, stored)
+                if stored:
+                    log.info("contact record of %s published on %d node(s)", self.account, stored)
+                else:
+                    log.info("contact record of %s not published yet: no DHT node took it "
+                             "(retrying every %g s)", self.account, RETRY_INTERVAL)
             except Exception as exc:  # keep trying: the network may come back
                 self.stats["publish_failed"] += 1
                 log.warning("publishing the contact record failed: %s", exc)
