@@ -301,3 +301,31 @@ def raw_get(port: int, key: bytes, timeout: float = 1.0) -> Message | None:
         return None
     finally:
         sock.close()
+
+
+# --- machine-readable summary (bench/all.py collects these) ---------------------------------
+
+
+def add_summary_option(ap) -> None:
+    """`--summary PATH` (default $BENCH_SUMMARY): where a script writes its headline rows."""
+    ap.add_argument("--summary", metavar="PATH", default=os.environ.get("BENCH_SUMMARY") or None,
+                    help="also write the headline figures as a JSON list of rows to PATH")
+
+
+def summary_row(bench: str, figure: str, unit: str, ours: float | None,
+                peer: float | None = None, peer_name: str | None = None) -> dict:
+    """One row: our figure beside the peer's from the same run (peer None where there is none)."""
+    def num(x: float | None) -> float | None:
+        return None if x is None or x != x else float(x)
+    o, p = num(ours), num(peer)
+    return {"bench": bench, "figure": figure, "unit": unit, "ours": o, "peer": p,
+            "peer_name": peer_name if p is not None else None,
+            "ratio": o / p if o is not None and p else None}
+
+
+def write_summary(path: str | None, rows: list[dict]) -> None:
+    """Write the rows as JSON (nothing without a path); the printed output stays as it was."""
+    if not path:
+        return
+    import json
+    Path(path).write_text(json.dumps(rows, indent=1) + "\n")
