@@ -41,12 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import (  # noqa: E402
-    add_summary_option,
-    summary_row,
-    write_summary,
     SIPDHT,
     Proc,
     Tids,
+    add_summary_option,
     fmt_ratio,
     loadavg,
     machine_cpu_seconds,
@@ -56,9 +54,11 @@ from _common import (  # noqa: E402
     start_dhtnode,
     start_sipdht_node,
     stop_all,
+    summary_row,
     table,
     workdir,
     write_sipdht_config,
+    write_summary,
 )
 
 from sipdht.dht.infohash import InfoHash  # noqa: E402

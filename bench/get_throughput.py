@@ -28,10 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import (  # noqa: E402
-    add_summary_option,
-    summary_row,
-    write_summary,
     Tids,
+    add_summary_option,
     fmt_ratio,
     machine_cpu_seconds,
     median,
@@ -39,9 +37,11 @@ from _common import (  # noqa: E402
     request,
     start_dhtnode,
     start_sipdht_node,
+    summary_row,
     table,
     workdir,
     write_sipdht_config,
+    write_summary,
 )
 
 from sipdht.dht.infohash import InfoHash  # noqa: E402
