@@ -27,7 +27,9 @@ from sipdht.dht.messages import Message, decode, encode_query  # noqa: E402
 
 DHTNODE = shutil.which("dhtnode") or "/usr/bin/dhtnode"
 _VENV_SIPDHT = ROOT / ".venv" / "bin" / "sipdht"
-SIPDHT = str(_VENV_SIPDHT) if _VENV_SIPDHT.exists() else (shutil.which("sipdht") or "sipdht")
+_PY_SIPDHT = Path(sys.executable).parent / "sipdht"     # the running venv's (e.g. in a worktree)
+SIPDHT = str(_VENV_SIPDHT) if _VENV_SIPDHT.exists() else str(_PY_SIPDHT) if _PY_SIPDHT.exists() \
+    else (shutil.which("sipdht") or "sipdht")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -235,12 +237,12 @@ def fmt_ratio(a: float, b: float) -> str:
     return "-" if r != r else f"{r:.3f}"
 
 
-def table(rows: list[list[str]]) -> str:
-    """A Markdown table; rows[0] is the header."""
+def table(rows: list[list[str]], left: int = 1) -> str:
+    """A Markdown table; rows[0] is the header; the first `left` columns are left-aligned."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    fmt = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+    fmt = lambda r: "| " + " | ".join(c.ljust(w) if i < left else c.rjust(w)  # noqa: E731
                                       for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |"
-    sep = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":"
+    sep = "|" + "|".join("-" * (w + 2) if i < left else "-" * (w + 1) + ":"
                          for i, w in enumerate(widths)) + "|"
     return "\n".join([fmt(rows[0]), sep] + [fmt(r) for r in rows[1:]])
 
