@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -156,7 +156,7 @@ def num(x: float | None, unit: str = "") -> str:
 
 
 def one_table(outcomes: list[Outcome]) -> str:
-    from bench._common import table     # after ROOT is on sys.path
+    from bench._common import table  # after ROOT is on sys.path
     rows = [["bench", "figure", "ours", "peer", "peer's figure", "ours/peer"]]
     for o in outcomes:
         for r in o.rows:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [b for b in BENCHES if b.name in want]
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     load0 = uptime()
     print(f"# bench/all.py {'--quick' if args.quick else '(defaults)'}: {len(chosen)} benchmarks, "
           f"one after the other; logs in {args.logs or 'a temporary directory'}", flush=True)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    total = (datetime.now(timezone.utc) - started).total_seconds()
+    total = (datetime.now(UTC) - started).total_seconds()
     print(f"\n## One table ({started:%Y-%m-%d %H:%M} UTC, commit {commit()}, "
           f"{'--quick' if args.quick else 'defaults'}, {os.cpu_count()} CPUs, load average "
           f"{load0} at the start, {uptime()} at the end, {total / 60:.0f} min)\n")
