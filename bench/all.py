@@ -46,15 +46,15 @@ class Bench:
 
 DHTNODE_HINT = "apt-get install dhtnode"
 BENCHES = [
-    Bench("get_throughput", ["--runs", "3", "--duration", "3"], 240, 600,
+    Bench("get_throughput", ["--runs", "3", "--duration", "5"], 240, 600,
           tools={"dhtnode": DHTNODE_HINT}),
-    Bench("get_latency", ["--runs", "1"], 420, 900,
+    Bench("get_latency", ["--runs", "2"], 420, 900,
           tools={"dhtnode": DHTNODE_HINT}),
     Bench("sim_hops", [], 300, 600),
     Bench("sim_churn", [], 300, 600),
-    Bench("ping_setup", ["--runs", "5", "--pairs", "cone/cone,symmetric/symmetric"], 480, 2400,
+    Bench("ping_setup", ["--runs", "10"], 480, 2400,
           root=True, tools={"dhtnode": DHTNODE_HINT, "turnserver": "apt-get install coturn"}),
-    Bench("call_setup", ["--calls", "20", "--runs", "1", "--cold", "5", "--first", "5"], 600, 1200,
+    Bench("call_setup", ["--calls", "30", "--runs", "1", "--cold", "10", "--first", "10"], 600, 1200,
           root=True, tools={"sipp": "apt-get install sip-tester",
                             "kamailio": "apt-get install kamailio"}),
     Bench("rtp_relay", ["--seconds", "5", "--blast", "3", "--concurrency", "1,10,50",
@@ -151,19 +151,19 @@ def num(x: float | None, unit: str = "") -> str:
     a = abs(x)
     s = f"{x:,.0f}" if a >= 100 else f"{x:.1f}" if a >= 10 else f"{x:.2f}" if a >= 0.1 \
         else f"{x:.3f}"
-    unit = {"us": "µs"}.get(unit, unit)
+    unit = {"us": "µs", "1/s": "/s"}.get(unit, unit)
     return f"{s} {unit}".rstrip() if unit not in ("", "%") else s + unit
 
 
 def one_table(outcomes: list[Outcome]) -> str:
     from bench._common import table  # after ROOT is on sys.path
-    rows = [["bench", "figure", "ours", "peer", "peer's figure", "ours/peer"]]
+    rows = [["bench", "figure", "peer", "ours", "peer's figure", "ours/peer"]]
     for o in outcomes:
         for r in o.rows:
-            rows.append([r["bench"], r["figure"], num(r["ours"], r["unit"]), r["peer_name"] or "-",
+            rows.append([r["bench"], r["figure"], r["peer_name"] or "-", num(r["ours"], r["unit"]),
                          num(r["peer"], r["unit"]),
                          "-" if r["ratio"] is None else f"{r['ratio']:.2f}"])
-    return table(rows, left=2)
+    return table(rows, left=3)
 
 
 def uptime() -> str:

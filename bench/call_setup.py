@@ -408,7 +408,8 @@ def summary_rows(lab: Lab, stats: dict) -> list[dict]:
         for row_name in ("sipdht first (cold A)", "sipdht new link"):
             if row_name in stats:
                 rows.append(summary_row("call_setup", f"{row_name} INVITE->180 p50, {lab.name}",
-                                        "ms", stats[row_name][0], floor, "5-RTT floor"))
+                                        "ms", stats[row_name][0], floor,
+                                        "5-RTT floor" if lab.rtt_ms > 0 else "SIPp direct"))
     return rows
 
 
