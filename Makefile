@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 CONFIG ?= conf/sipdht.ini
 APT_PEERS := dhtnode python3-opendht sip-tester baresip sipsak coturn iptables conntrack iproute2 procps
 PYTEST_ARGS ?=
+BENCH_ARGS ?= --quick
 
-.PHONY: run test test-peers venv lint clean
+.PHONY: run test test-peers venv lint clean bench
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,11 @@ test: lint test-peers
 lint: venv
 	$(VENV)/bin/ruff check sipdht tests bench plugins
 	$(VENV)/bin/mypy sipdht
+
+# Every benchmark in bench/ against its peer in the same run, one table (not part of `make test`).
+# BENCH_ARGS= (empty) runs the scripts' own defaults; namespace benchmarks need root.
+bench: venv
+	$(PY) bench/all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -27,7 +27,9 @@ from sipdht.dht.messages import Message, decode, encode_query  # noqa: E402
 
 DHTNODE = shutil.which("dhtnode") or "/usr/bin/dhtnode"
 _VENV_SIPDHT = ROOT / ".venv" / "bin" / "sipdht"
-SIPDHT = str(_VENV_SIPDHT) if _VENV_SIPDHT.exists() else (shutil.which("sipdht") or "sipdht")
+_PY_SIPDHT = Path(sys.executable).parent / "sipdht"     # the running venv's (e.g. in a worktree)
+SIPDHT = str(_VENV_SIPDHT) if _VENV_SIPDHT.exists() else str(_PY_SIPDHT) if _PY_SIPDHT.exists() \
+    else (shutil.which("sipdht") or "sipdht")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -235,12 +237,12 @@ def fmt_ratio(a: float, b: float) -> str:
     return "-" if r != r else f"{r:.3f}"
 
 
-def table(rows: list[list[str]]) -> str:
-    """A Markdown table; rows[0] is the header."""
+def table(rows: list[list[str]], left: int = 1) -> str:
+    """A Markdown table; rows[0] is the header; the first `left` columns are left-aligned."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    fmt = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+    fmt = lambda r: "| " + " | ".join(c.ljust(w) if i < left else c.rjust(w)  # noqa: E731
                                       for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |"
-    sep = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":"
+    sep = "|" + "|".join("-" * (w + 2) if i < left else "-" * (w + 1) + ":"
                          for i, w in enumerate(widths)) + "|"
     return "\n".join([fmt(rows[0]), sep] + [fmt(r) for r in rows[1:]])
 
@@ -301,3 +303,31 @@ def raw_get(port: int, key: bytes, timeout: float = 1.0) -> Message | None:
         return None
     finally:
         sock.close()
+
+
+# --- machine-readable summary (bench/all.py collects these) ---------------------------------
+
+
+def add_summary_option(ap) -> None:
+    """`--summary PATH` (default $BENCH_SUMMARY): where a script writes its headline rows."""
+    ap.add_argument("--summary", metavar="PATH", default=os.environ.get("BENCH_SUMMARY") or None,
+                    help="also write the headline figures as a JSON list of rows to PATH")
+
+
+def summary_row(bench: str, figure: str, unit: str, ours: float | None,
+                peer: float | None = None, peer_name: str | None = None) -> dict:
+    """One row: our figure beside the peer's from the same run (peer None where there is none)."""
+    def num(x: float | None) -> float | None:
+        return None if x is None or x != x else float(x)
+    o, p = num(ours), num(peer)
+    return {"bench": bench, "figure": figure, "unit": unit, "ours": o, "peer": p,
+            "peer_name": peer_name if p is not None else None,
+            "ratio": o / p if o is not None and p else None}
+
+
+def write_summary(path: str | None, rows: list[dict]) -> None:
+    """Write the rows as JSON (nothing without a path); the printed output stays as it was."""
+    if not path:
+        return
+    import json
+    Path(path).write_text(json.dumps(rows, indent=1) + "\n")

@@ -51,7 +51,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import _kamailio, _sipp  # noqa: E402
-from bench._common import Proc, median, percentile, stop_all, table  # noqa: E402
+from bench._common import (  # noqa: E402
+    Proc,
+    add_summary_option,
+    median,
+    percentile,
+    stop_all,
+    summary_row,
+    table,
+    write_summary,
+)
 from bench._delayhub import DelayHub, address  # noqa: E402
 
 DHTNODE = shutil.which("dhtnode") or "/usr/bin/dhtnode"
@@ -379,7 +388,32 @@ def stage_line(samples: list[list[float]], t180: float) -> str:
             "(SIP through both gateways and the link, plus whatever overlaps)")
 
 
-def report(lab: Lab, b: Bench) -> str:
+def summary_rows(lab: Lab, stats: dict) -> list[dict]:
+    """INVITE->180 p50 of each sipdht path beside Kamailio's (reused link) or the 5-RTT floor
+    (first calls) from the same run, and the reused link's calls ok beside Kamailio's."""
+    rows = []
+    d, k, kc = stats.get("direct"), stats.get("kamailio"), stats.get("kamailio@callee")
+    reused = stats.get("sipdht reused")
+    if reused:
+        for name, ref in (("Kamailio", k), ("Kamailio beside the callee", kc), ("SIPp direct", d)):
+            if ref:
+                rows.append(summary_row("call_setup", f"reused link INVITE->180 p50, {lab.name}",
+                                        "ms", reused[0], ref[0], name))
+        if k:
+            rows.append(summary_row("call_setup", f"reused link calls ok, {lab.name}", "%",
+                                    100 * reused[6] / max(1, reused[6] + reused[7]),
+                                    100 * k[6] / max(1, k[6] + k[7]), "Kamailio"))
+    if d:
+        floor = 4 * max(lab.rtt_ms, 0.0) + d[0]
+        for row_name in ("sipdht first (cold A)", "sipdht new link"):
+            if row_name in stats:
+                rows.append(summary_row("call_setup", f"{row_name} INVITE->180 p50, {lab.name}",
+                                        "ms", stats[row_name][0], floor,
+                                        "5-RTT floor" if lab.rtt_ms > 0 else "SIPp direct"))
+    return rows
+
+
+def report(lab: Lab, b: Bench, summary: list[dict] | None = None) -> str:
     res = {k: v for k, v in b.results.items() if k != "sipdht warm-up"}
     stats = {}
     for path, ct in res.items():
@@ -401,6 +435,8 @@ def report(lab: Lab, b: Bench) -> str:
         for _, ref in refs:
             row += [ratio(s[0], ref[0]), ratio(s[2], ref[2])] if ours else ["", ""]
         rows.append(row)
+    if summary is not None:
+        summary += summary_rows(lab, stats)
     d = stats.get("direct")
     k = stats.get("kamailio")
     out = [f"## {lab.name} (ms; medians and p95 over all calls of the run)", table(rows)]
@@ -443,7 +479,8 @@ def check_tools(want_sipdht: bool) -> str | None:
     return None
 
 
-def one_topology(rtt: float, args: argparse.Namespace, tmp: Path, sipdht_reason: str | None) -> str:
+def one_topology(rtt: float, args: argparse.Namespace, tmp: Path, sipdht_reason: str | None,
+                 summary: list[dict] | None = None) -> str:
     lab = Lab(rtt, tmp)
     try:
         b = Bench(lab, tmp, args)
@@ -461,7 +498,7 @@ def one_topology(rtt: float, args: argparse.Namespace, tmp: Path, sipdht_reason:
         for r in range(args.runs):
             log(f"{lab.name}: round {r + 1}/{args.runs}")
             b.round(r)
-        text = report(lab, b)
+        text = report(lab, b, summary)
         if lab.hub:
             lab.hub.stop()
             st = lab.hub.stats()
@@ -497,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                     "or python -m sipdht); its `run` must start the SIP gateway")
     ap.add_argument("--keep-logs", metavar="DIR", help="copy logs and SIPp traces here")
     ap.add_argument("-v", "--verbose", action="store_true")
+    add_summary_option(ap)
     args = ap.parse_args(argv)
     if not 1 <= args.calls <= 5000 or not 1 <= args.runs <= 50 or not 0 <= args.first <= 200 \
             or not 0 <= args.cold <= 200:
@@ -515,10 +553,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.first} new-link calls; "
           f"{os.cpu_count()} CPUs; {_kamailio.version()}; {_sipp.version()}", flush=True)
     t0 = time.monotonic()
+    summary: list[dict] = []
     try:
         for rtt in rtts:
             with tempfile.TemporaryDirectory(prefix="sipdht-sip-bench-") as tmp:
-                print(one_topology(rtt, args, Path(tmp), sipdht_reason) + "\n", flush=True)
+                print(one_topology(rtt, args, Path(tmp), sipdht_reason, summary) + "\n",
+                      flush=True)
+                write_summary(args.summary, summary)
     except KeyboardInterrupt as exc:
         log(f"interrupted ({exc or 'Ctrl-C'})")
         return 130

@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     SIPDHT,
     Proc,
     Tids,
+    add_summary_option,
     fmt_ratio,
     loadavg,
     machine_cpu_seconds,
@@ -53,9 +54,11 @@ from _common import (  # noqa: E402
     start_dhtnode,
     start_sipdht_node,
     stop_all,
+    summary_row,
     table,
     workdir,
     write_sipdht_config,
+    write_summary,
 )
 
 from sipdht.dht.infohash import InfoHash  # noqa: E402
@@ -361,6 +364,7 @@ def main() -> int:
     ap.add_argument("--join-timeout", type=float, default=5.0, help="client join (default 5)")
     ap.add_argument("--get-timeout", type=float, default=10.0, help="per get (default 10)")
     ap.add_argument("--seed", type=int, default=None, help="random seed for node/key choice")
+    add_summary_option(ap)
     args = ap.parse_args()
     if not (1 <= args.runs <= 20 and 2 <= args.nodes <= 64 and 1 <= args.keys <= 200
             and 1 <= args.reps <= 20 and 0 <= args.settle <= 300 and 1 <= args.put_parallel <= 16
@@ -414,6 +418,18 @@ def main() -> int:
             for k in NETS}
     print(f"sipdht node logs: {logs['sipdht']['traceback']} tracebacks, {logs['sipdht']['error']} "
           f"errors, {logs['sipdht']['warning']} warnings")
+    n = args.nodes
+    write_summary(args.summary, [
+        summary_row("get_latency", label, unit, med("sipdht", field) * k, med("dhtnode", field) * k,
+                    "dhtnode")
+        for label, field, unit, k in (
+            (f"get p50, {n}-node network, fresh client", "p50_ms", "ms", 1),
+            (f"get p95, {n}-node network, fresh client", "p95_ms", "ms", 1),
+            ("get success", "success", "%", 100),
+            ("replicas on the 8 XOR-closest nodes", "in_closest", "", 1),
+            (f"CPU of {n} nodes during the gets", "cpu_get", "s", 1),
+            (f"RSS of {n} nodes", "rss_mb", "MB", 1),
+            (f"start-up of {n} nodes", "startup_s", "s", 1))])
     return 0
 
 

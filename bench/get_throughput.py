@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import (  # noqa: E402
     Tids,
+    add_summary_option,
     fmt_ratio,
     machine_cpu_seconds,
     median,
@@ -36,9 +37,11 @@ from _common import (  # noqa: E402
     request,
     start_dhtnode,
     start_sipdht_node,
+    summary_row,
     table,
     workdir,
     write_sipdht_config,
+    write_summary,
 )
 
 from sipdht.dht.infohash import InfoHash  # noqa: E402
@@ -176,6 +179,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
     ap.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first (default 0.5)")
     ap.add_argument("--window", type=int, default=8, help="outstanding requests (default 8)")
+    add_summary_option(ap)
     args = ap.parse_args()
     if not (1 <= args.runs <= 100 and 0.1 <= args.duration <= 120 and 1 <= args.window <= 1024
             and 0 <= args.warmup <= 30):
@@ -226,6 +230,14 @@ def main() -> int:
             print(f"\nnote: {kind} was not saturated ({srv:.0%} of a core; the client used {cli:.0%}): "
                   f"its replies/s is bounded by the client (its CPU, and window {args.window} / RTT), "
                   f"not by the server. Compare CPU s per 1000 replies for the servers' cost.")
+    write_summary(args.summary, [
+        summary_row("get_throughput", label, unit, med("sipdht", field) * k,
+                    med("dhtnode", field) * k, "dhtnode")
+        for label, field, unit, k in (
+            ("server CPU per get reply", "cpu_per_1k", "us", 1e3),
+            (f"replies/s, 1 client, window {args.window}", "replies_s", "1/s", 1),
+            ("RTT p50 at that load", "p50_ms", "ms", 1),
+            ("RSS of one idle node", "rss_idle_mb", "MB", 1))])
     return 0
 
 

@@ -55,7 +55,13 @@ SELF = Path(__file__).resolve()
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import median, percentile  # noqa: E402
+from bench._common import (  # noqa: E402
+    add_summary_option,
+    median,
+    percentile,
+    summary_row,
+    write_summary,
+)
 
 PEER_CMD = "_ice_peer"
 
@@ -347,6 +353,21 @@ def summarise(pair: str, pings: list[dict], bares: list[dict], runs: int, count:
     return "\n".join(out), summary
 
 
+def summary_rows(summaries: list[dict]) -> list[dict]:
+    """Per NAT pair: link set-up total and ICE against bare aioice, and the success counts."""
+    rows = []
+    for s in summaries:
+        ok_p, n_p = (int(x) for x in s["ok_p"].split("/"))
+        ok_b, n_b = (int(x) for x in s["ok_b"].split("/"))
+        rows += [summary_row("ping_setup", f"link set-up total, {s['pair']} NATs", "ms", s["total"],
+                             s["bare_total"], "bare aioice"),
+                 summary_row("ping_setup", f"ICE, {s['pair']} NATs", "ms", s["ice"], s["bare_ice"],
+                             "bare aioice"),
+                 summary_row("ping_setup", f"set-ups ok, {s['pair']} NATs", "%",
+                             100 * ok_p / max(n_p, 1), 100 * ok_b / max(n_b, 1), "bare aioice")]
+    return rows
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -372,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep one dhtnode for all pairs (default: a fresh one per pair; with one "
                     "shared node, signalling values pile up and pings fail, see bench/README.md)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one stderr line per run")
+    add_summary_option(ap)
     args = ap.parse_args(argv)
 
     from tests.harness import netlab as nl
@@ -506,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in reports:
             if r.startswith("bob's agent") or "did not come up" in r:
                 print(r)
+        write_summary(args.summary, summary_rows(summaries))
         print(f"\ntotal run time {time.monotonic() - t_start:.0f} s; load average at the end "
               f"{loadavg()}", flush=True)
         return 0

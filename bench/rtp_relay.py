@@ -50,7 +50,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import DHTNODE, Proc, median, percentile, stop_all, table  # noqa: E402
+from bench._common import (  # noqa: E402
+    DHTNODE,
+    Proc,
+    add_summary_option,
+    median,
+    percentile,
+    stop_all,
+    summary_row,
+    table,
+    write_summary,
+)
 
 _VENV_SIPDHT = ROOT / ".venv" / "bin" / "sipdht"
 SIPDHT = [str(_VENV_SIPDHT)] if _VENV_SIPDHT.exists() else [sys.executable, "-m", "sipdht"]
@@ -646,6 +656,24 @@ def summary(results: list[Result], d50: float, d99: float) -> str:
     return "summary (goals: >= 20,000 packets/s per core, added p99 <= 1 ms):\n" + table(rows)
 
 
+def summary_rows(results: list[Result], direct: Flow) -> list[dict]:
+    """The headline figures of sipdht beside the plain Python forwarder's from the same run."""
+    d50, d99 = median(direct.latency_ms), percentile(direct.latency_ms, 99)
+    systems = list(dict.fromkeys(r.system for r in results))
+    h = {sy: headline(results, sy, d50, d99) for sy in systems}
+    ours, base = h.get("sipdht"), h.get(systems[-1]) if systems else None
+    if ours is None:
+        return []
+    calls = int(ours["calls"])
+    return [summary_row("rtp_relay", label, unit, ours[key],
+                        base[key] if base is not ours and base else None, "python forwarder")
+            for key, label, unit in (
+                ("pps_core", "RTP packets/s per core (busier relay)", "1/s"),
+                ("add50", "RTP added one-way latency p50, 1 call", "ms"),
+                ("add99", "RTP added one-way latency p99, 1 call", "ms"),
+                ("cpu_call", f"RTP CPU per call, A+B, {calls} calls", "% core"))]
+
+
 def report(results: list[Result], direct: Flow, args: argparse.Namespace) -> str:
     d50 = median(direct.latency_ms)
     d99 = percentile(direct.latency_ms, 99)
@@ -705,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sipdht-cmd", help="command that runs sipdht (its `run` must start the "
                     "SIP gateway); default .venv/bin/sipdht or python -m sipdht")
     ap.add_argument("--no-sipdht", action="store_true", help="only the baseline forwarder")
+    add_summary_option(ap)
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     rates = [int(x) for x in args.rates.split(",") if x.strip()]
@@ -734,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
             for system in systems:
                 system.stop()
         print(report(results, direct, args))
+        write_summary(args.summary, summary_rows(results, direct))
         if reason:
             print(f"sipdht not measured: {reason}")
     return 0

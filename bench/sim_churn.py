@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._common import add_summary_option, summary_row, write_summary  # noqa: E402
 from sipdht.dht.infohash import InfoHash  # noqa: E402
 from sipdht.dht.sim import build  # noqa: E402
 
@@ -46,15 +47,25 @@ def main() -> None:
     ap.add_argument("--gets", type=int, default=30)
     ap.add_argument("--first", type=int, default=10, help="gets counted as 'first'")
     ap.add_argument("--seeds", type=int, nargs="+", default=[16, 17, 18])
+    add_summary_option(ap)
     args = ap.parse_args()
     print(f"{args.nodes} nodes, {args.churn:.0%} down at once, {args.gets} gets from one node")
     print("| seed | first gets p50 (s) | later gets p50 (s) | max (s) |")
     print("|-----:|-------------------:|-------------------:|--------:|")
+    firsts, laters = [], []
     for seed in args.seeds:
         lat = run(args.nodes, args.churn, args.gets, seed)
         first, later = lat[:args.first], lat[args.first:]
         print(f"| {seed} | {statistics.median(first):.3f} | "
               f"{statistics.median(later) if later else float('nan'):.3f} | {max(lat):.3f} |")
+        firsts.append(statistics.median(first))
+        laters += [statistics.median(later)] if later else []
+    where = f"{args.nodes} simulated nodes, {args.churn:.0%} down (simulated, median over seeds)"
+    write_summary(args.summary, [
+        summary_row("sim_churn", f"first {args.first} gets p50, {where}", "s",
+                    statistics.median(firsts)),
+        summary_row("sim_churn", f"later gets p50, {where}", "s",
+                    statistics.median(laters) if laters else None)])
 
 
 if __name__ == "__main__":

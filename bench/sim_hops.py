@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._common import add_summary_option, summary_row, write_summary  # noqa: E402
 from sipdht.dht.engine import family_of  # noqa: E402
 from sipdht.dht.infohash import InfoHash  # noqa: E402
 from sipdht.dht.routing import K  # noqa: E402
@@ -53,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peers", type=int, default=2, help="bootstrap peers per joining node")
     p.add_argument("--timeout", type=float, default=60.0, help="sim seconds per phase")
     p.add_argument("--profile", action="store_true", help="print the hottest functions")
+    add_summary_option(p)
     return p.parse_args(argv)
 
 
@@ -169,6 +171,16 @@ def run(args: argparse.Namespace) -> int:
     totals = sim.engine_stats()
     print(f"network: {dict(sim.stats)}; requests expired {totals['requests_expired']}")
     print(f"wall:    {time.perf_counter() - t0:.2f} s total")
+    b, nn = "sim_hops", args.nodes
+    write_summary(args.summary, [
+        summary_row(b, f"lookup hops mean, {nn} simulated nodes", "hops", hops["mean"],
+                    best["mean"], "ideal"),
+        summary_row(b, f"lookup hops median, {nn} simulated nodes", "hops", hops["median"],
+                    best["median"], "ideal"),
+        summary_row(b, f"gets found, {nn} simulated nodes", "%", 100 * sum(found) / max(len(found), 1)),
+        summary_row(b, f"get latency median, {nn} simulated nodes (simulated)", "s",
+                    latency["median"]),
+        summary_row(b, f"build time, {nn} simulated nodes", "s", t_build)])
     return 0 if all(found) else 1
 
 
