@@ -896,11 +896,11 @@ class DhtEngine:
         self._refill(search, now)
         return search
 
-    def _refill(self, search: Search, now: float) -> None:
+    def _refill(self, search: Search, now: float, skip_suspects: bool = True) -> None:
         if len(search.live()) >= TARGET_NODES:
             return
-        unreachable = functools.partial(self._unreachable_node, now)
-        for node in self.tables[search.family].closest(search.target, 14, now, skip=unreachable):
+        skip = functools.partial(self._unreachable_node, now) if skip_suspects else None
+        for node in self.tables[search.family].closest(search.target, 14, now, skip=skip):
             search.insert(node)
 
     def _step(self, search: Search, now: float) -> None:
@@ -909,6 +909,13 @@ class DhtEngine:
                 sn.slow = not self._reachable(sn.node, now)
         self._refill(search, now)
         live = search.live()
+        if not live and not search.in_flight():
+            # nothing else to ask: suspects are skipped only while others are available
+            self._refill(search, now, skip_suspects=False)
+            for sn in search.nodes:
+                if not sn.failed and not sn.pending:
+                    sn.slow = False
+            live = search.live()
         inflight = search.in_flight()
         newest_get = max((op.started for op in search.gets), default=float("-inf"))
         for sn in live[:TARGET_NODES]:

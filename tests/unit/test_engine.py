@@ -888,3 +888,17 @@ def test_a_put_whose_ack_is_lost_waits_for_the_retry() -> None:
         if done:
             break
     assert done and done[0].stored == 1
+
+
+def test_a_suspected_node_is_still_asked_when_it_is_the_only_one() -> None:
+    """Seen in the 5 % loss NAT test: one lost reply made the bootstrap node "unreachable"
+    for 5 s, and every lookup in that time ended at once with nothing (a 404 for an online
+    account). A suspect is skipped only while other candidates are available."""
+    net, srv, cli = connected_pair()
+    srv.storage.store(H, Value(id=5, data=b"record", utype="text/plain"), T0)
+    cli._mark_unreachable(net.addr(srv), T0, 5.0)
+    op = cli.get(H, T0)
+    net.pump(T0)
+    got = events(cli)
+    assert [v.data for x in got if isinstance(x, ev.GetValues) and x.op == op
+            for v in x.values] == [b"record"]
