@@ -15,7 +15,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from .account import AccountType, CallFailure, IncomingLink, Link, UnknownAccount
+from .account import (
+    AccountType,
+    CallFailure,
+    IncomingLink,
+    Link,
+    NoAnswer,
+    NoPath,
+    Offline,
+    Refused,
+    UnknownAccount,
+)
 from .tasks import Supervisor
 
 log = logging.getLogger(__name__)
@@ -140,9 +150,10 @@ class LinkPool:
         log.info("link with %s closed: %s", link.peer, reason)
 
 
-_RANK = {"NoPath": 5, "NoAnswer": 4, "Refused": 6, "Offline": 3, "UnknownAccount": 1}
+_RANK: dict[type[CallFailure], int] = {UnknownAccount: 1, Offline: 3, NoAnswer: 4, NoPath: 5,
+                                        Refused: 6}
 
 
 def _more_telling(new: CallFailure, old: CallFailure) -> bool:
     """Which failure to report when several account types fail: the one that got furthest."""
-    return _RANK.get(type(new).__name__, 2) >= _RANK.get(type(old).__name__, 2)
+    return _RANK.get(type(new), 2) >= _RANK.get(type(old), 2)

@@ -82,22 +82,31 @@ def test_missing_identity_exit_1(ini):
     assert out.returncode == 1 and "sipdht init" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_run_creates_identity_and_stops_on_sigint(ini, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "sipdht", "run", "--config", str(ini)],
+def interrupted(argv: list[str], wait) -> tuple[int, str]:
+    """Start `sipdht ARGV`, call `wait(proc)`, send SIGINT: (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "sipdht", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        wait(proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
+def test_run_creates_identity_and_stops_on_sigint(ini, tmp_path):
+    def started(proc) -> None:
         deadline = time.monotonic() + 60
         while not (tmp_path / "var" / "me.pem").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)
         assert proc.poll() is None, proc.stderr.read()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+
+    rc, err = interrupted(["run", "--config", str(ini)], started)
+    assert rc == 0, err
     assert "Traceback" not in err
     assert "account " in err
 
@@ -115,14 +124,6 @@ def test_a_signal_during_start_up_is_a_clean_stop(ini, command):
     """Before: SIGINT while the modules were loading killed `sipdht run` (exit -2, seen in
     CI when a test stopped an agent it had just started)."""
     assert sipdht("init", "--config", str(ini)).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "sipdht", command, "--config", str(ini)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.1)                          # while the modules are still loading
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0 and "Traceback" not in err, err
+    # 0.1 s: while the modules are still loading
+    rc, err = interrupted([command, "--config", str(ini)], lambda proc: time.sleep(0.1))
+    assert rc == 0 and "Traceback" not in err, err

@@ -43,7 +43,6 @@ NAME = "sipdht/1"
 MAX_SETUPS = 8              # incoming link set-ups (ICE sessions) at a time
 MAX_INBOX_QUEUE = 256       # inbox values waiting for their (RSA) decryption
 MAX_DIGESTS = 4096          # ciphertexts already seen (decrypted at most once)
-ANSWER_POLL = 1.0           # seconds between two reads of our inbox while a call waits
 MAX_WAITING = 32            # accepted links nobody has taken yet
 LOG_EVERY = 10.0            # seconds between two log lines about bad inbox values
 
@@ -134,12 +133,8 @@ class V1Account:
             params = await _named(ice.gather(), account)
             bd.gather_ms = _ms(t)
             mine, t = EphemeralKey(), time.monotonic()
-            poll = self.tasks.spawn(self._poll_inbox(), "v1 answer poll")
-            try:
-                answer = await self._call(account, key, params, mine,
-                                          uri or f"sip:{account}@dht", deadline, device or "")
-            finally:
-                poll.cancel()
+            answer = await self._call(account, key, params, mine, uri or f"sip:{account}@dht",
+                                      deadline, device or "")
             bd.signalling_ms, t = _ms(t), time.monotonic()
             await _named(ice.connect(answer.ice, _left(deadline)), account)
             bd.ice_ms = _ms(t)
@@ -163,17 +158,6 @@ class V1Account:
         except TimeoutError as exc:
             detail = str(exc) or f"within {_left(deadline, 0):.0f} s"
             raise NoAnswer(account, f"no answer from {account}: {detail}") from None
-
-    async def _poll_inbox(self) -> None:
-        """While we wait for an answer, also read our inbox now and then: on a lossy path a
-        listen notification can be lost for good, and a call should not wait for the next
-        listen refresh. Values already seen cost a hash, not a decryption."""
-        await asyncio.sleep(ANSWER_POLL)
-        while True:
-            async for value in self.secure.node.get_iter(inbox_key(self.account), local=False):
-                self._enqueue(value)
-            self.stats["inbox_polls"] += 1
-            await asyncio.sleep(ANSWER_POLL)
 
     # --- incoming ---------------------------------------------------------------------------
 

@@ -239,23 +239,3 @@ async def test_an_owner_key_of_an_unknown_algorithm_does_not_stop_incoming_calls
         await alice.stop()
         await bob.stop()
 
-
-@async_test
-async def test_a_lost_listen_notification_does_not_lose_the_answer(dht, idents, tmp_path):
-    """On a lossy path an `update` push can be lost for good (the 5 % loss NAT test once
-    waited for an answer that never came). The caller reads its inbox while it waits, so
-    here, where its listen never delivers anything, the call still connects."""
-    bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
-    alice = make_agent(dht, idents["alice"], serve=False)
-
-    async def deaf() -> None:            # alice's inbox listen hears nothing
-        await asyncio.sleep(3600)
-
-    alice.v1._inbox_loop = deaf
-    await started(bob, alice)
-    try:
-        link = await asyncio.wait_for(alice.connect(bob.account, timeout=10), 15)
-        assert await link.ping() > 0 and alice.v1.stats["inbox_polls"] >= 1
-    finally:
-        await alice.stop()
-        await bob.stop()
