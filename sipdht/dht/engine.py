@@ -22,7 +22,7 @@ import ipaddress
 import itertools
 import logging
 import random
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +60,7 @@ from .search import (
     Search,
     SearchNode,
 )
-from .storage import LISTENER_EXPIRE_TIME, EditPolicy, Listener, Storage, StoreStatus
+from .storage import EditPolicy, Listener, Storage, StoreStatus
 from .tokens import Tokens
 from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, type_expiration
 
@@ -171,6 +171,7 @@ class ListenOp:
     known: dict[int, Value] = field(default_factory=dict)
     expires: dict[int, float] = field(default_factory=dict)   # like a storer, by value type
     searches: list = field(default_factory=list)
+    queued: set[int] = field(default_factory=set)   # value ids with an entry in the expiry heap
 
 
 class DhtEngine:
@@ -201,9 +202,15 @@ class DhtEngine:
         self.listen_sids: dict[int, tuple[Search, SearchNode]] = {}
         self.local_listens: dict[InfoHash, list[ListenOp]] = {}
         self.ops: dict[int, GetOp | PutOp | ListenOp] = {}
-        # IP -> (key, node id, sid) -> last refreshed: the listeners each IP holds here
-        self._ip_listens: dict[str, dict[tuple[InfoHash, bytes, int], float]] = {}
-        self._listens_swept = now
+        # IP -> (key, node id, sid): exactly the listeners storage holds for each source IP
+        self._ip_listens: dict[str, set[tuple[InfoHash, bytes, int]]] = {}
+        # Searches that hold no listen and no permanent put, least recently used first: the
+        # only ones MAX_SEARCHES and SEARCH_IDLE drop, found without visiting the others.
+        self._cached_searches: dict[int, OrderedDict[InfoHash, None]] = {
+            4: OrderedDict(), 6: OrderedDict()}
+        # (when, seq, listen op, value id): when a listen's cached value may be forgotten
+        self._cache_heap: list[tuple[float, int, ListenOp, int]] = []
+        self._cache_dead = 0        # entries of cancelled listens still in that heap
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[ev.Event] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
@@ -322,7 +329,11 @@ class DhtEngine:
         if op is None:
             return
         if isinstance(op, ListenOp):
-            self.local_listens.get(op.key, []).remove(op)
+            mine = self.local_listens[op.key]
+            mine.remove(op)
+            if not mine:
+                del self.local_listens[op.key]
+            self._cache_dead += len(op.queued)
         for search in (self.searches[f].get(op.key) for f in (4, 6)):
             if search is None:
                 continue
@@ -335,6 +346,8 @@ class DhtEngine:
                     if sn.listen_sid is not None:
                         self.listen_sids.pop(sn.listen_sid, None)
                         sn.listen_sid = None
+            search.last_used = now
+            self._held_changed(search)
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -682,46 +695,46 @@ class DhtEngine:
         if key is None or msg.id is None:
             return
         sid = msg.sid if msg.sid is not None else msg.tid
-        if not self._listen_room(key, msg.id, sid, addr[0], now):
+        current = self.storage.listener(key, msg.id, sid)
+        old_ip = current.addr[0] if current is not None else None
+        if old_ip != addr[0] and not self._listen_room(key, addr[0], new=current is None):
             self.stats["listen_refused_cap"] += 1      # dropped, like a rate-limited query
             return
         listener = Listener(msg.id, addr, sid, msg.q or Query(), min(msg.version, 1), now)
         new = self.storage.add_listener(key, listener)
-        self._ip_listens.setdefault(addr[0], {})[(key, msg.id, sid)] = now
+        if old_ip != addr[0]:       # new, or the same subscription from another address
+            if old_ip is not None:
+                self._unindex_listener(old_ip, (key, msg.id, sid))
+            self._ip_listens.setdefault(addr[0], set()).add((key, msg.id, sid))
         self._reply(msg, addr, {"token": self.tokens.make(addr)})
         values = self._capped(self._fair(key, self.storage.get(key, listener.query, now)))
         if new and values:
             self._push(key, listener, now, values=values)
 
-    def _listen_room(self, key: InfoHash, node_id: bytes, sid: int, ip: str,
-                     now: float) -> bool:
-        """A refresh always; a new listener only under the per-IP and per-key caps."""
-        mine = self._ip_listens.get(ip, {})
-        if (key, node_id, sid) in mine:
-            return True
-        listeners = self.storage.listeners(key)
-        if any(lst.node_id == node_id and lst.sid == sid for lst in listeners):
-            return True
-        if len(mine) >= MAX_LISTENERS_PER_IP:
-            self._sweep_listens(ip, now)
-            if len(self._ip_listens.get(ip, {})) >= MAX_LISTENERS_PER_IP:
-                return False
-        return len(listeners) < MAX_LISTENERS_PER_KEY
+    def _listen_room(self, key: InfoHash, ip: str, new: bool) -> bool:
+        """Room for one more listener from ip (and, for a new one, under key): O(1), as
+        _ip_listens holds exactly what storage holds (expiry and drops remove entries)."""
+        if len(self._ip_listens.get(ip, ())) >= MAX_LISTENERS_PER_IP:
+            return False
+        return not new or self.storage.listener_count(key) < MAX_LISTENERS_PER_KEY
 
-    def _sweep_listens(self, ip: str, now: float) -> None:
-        """Forget the listeners storage has expired (same rule as Storage.expire_listeners)."""
+    def _unindex_listener(self, ip: str, ident: tuple[InfoHash, bytes, int]) -> None:
         mine = self._ip_listens.get(ip)
-        if mine is None:
-            return
-        for ident, t in list(mine.items()):
-            if t + LISTENER_EXPIRE_TIME < now:
-                del mine[ident]
-        if not mine:
-            del self._ip_listens[ip]
+        if mine is not None:
+            mine.discard(ident)
+            if not mine:
+                del self._ip_listens[ip]
+
+    def _expire_listeners(self, now: float) -> None:
+        """Listeners not refreshed in time: only the due ones are visited (a heap)."""
+        for key, lst in self.storage.pop_expired_listeners(now):
+            self._unindex_listener(lst.addr[0], (key, lst.node_id, lst.sid))
 
     def _drop_listener(self, key: InfoHash, lst: Listener) -> None:
-        self.storage.remove_listener(key, lst.node_id, lst.sid)
-        self._ip_listens.get(lst.addr[0], {}).pop((key, lst.node_id, lst.sid), None)
+        """An update it never answered: forget that subscription (unless since replaced)."""
+        if self.storage.listener(key, lst.node_id, lst.sid) is lst:
+            self.storage.remove_listener(key, lst.node_id, lst.sid)
+            self._unindex_listener(lst.addr[0], (key, lst.node_id, lst.sid))
 
     def _serve_update(self, msg: Message, addr: Addr, now: float) -> None:
         self._reply(msg, addr, {})
@@ -844,8 +857,7 @@ class DhtEngine:
     def _listen_values(self, op: ListenOp, kind: str, values: list[Value]) -> None:
         fresh = [v for v in values if op.known.get(v.id) != v]
         for v in values:
-            op.known[v.id] = v
-            op.expires[v.id] = self.now + type_expiration(v.type)
+            self._cache_value(op, v)
         if fresh:
             self._events.append(ev.ListenValues(op.id, kind, fresh))
 
@@ -855,7 +867,7 @@ class DhtEngine:
             if kind == "expire":
                 del op.known[v.id], op.expires[v.id]
             else:
-                op.expires[v.id] = self.now + type_expiration(v.type)
+                self._cache_until(op, v.id, self.now + type_expiration(v.type))
         if values:
             self._events.append(ev.ListenValues(op.id, kind, values))
 
@@ -882,16 +894,21 @@ class DhtEngine:
                     self._listen_values(op, "add", list(other.known.values()))
             else:
                 op.searches.add(search)
+            self._held_changed(search)
         for search in list(op.searches):
             self._step(search, now)
 
     def _search(self, key: InfoHash, fam: int, now: float) -> Search:
         search = self.searches[fam].get(key)
+        cached = self._cached_searches[fam]
         if search is None:
-            if len(self.searches[fam]) >= MAX_SEARCHES:
+            if len(cached) >= MAX_SEARCHES:
                 self._drop_idle_searches(now, force=True)
             search = self.searches[fam][key] = Search(key, fam, now)
+            cached[key] = None
             self._at(now + LISTEN_REFRESH, lambda t: self._search_refresh(search, t))
+        elif key in cached:
+            cached.move_to_end(key)
         search.last_used = now
         self._refill(search, now)
         return search
@@ -1241,11 +1258,7 @@ class DhtEngine:
     def _housekeeping(self, now: float) -> None:
         for key, vids in self.storage.expire(now):
             self._notify(key, now, expired=vids)
-        self.storage.expire_listeners(now)
-        if now - self._listens_swept > LISTENER_EXPIRE_TIME:
-            self._listens_swept = now
-            for ip in list(self._ip_listens):
-                self._sweep_listens(ip, now)
+        self._expire_listeners(now)
         self.reassembler.expire(now)
         self.stats["dropped_fragments"] = self.reassembler.dropped
         self._expire_listen_caches(now)
@@ -1255,16 +1268,76 @@ class DhtEngine:
         self._at(now + HOUSEKEEPING, self._housekeeping)
 
     def _expire_listen_caches(self, now: float) -> None:
-        """Forget values no storer would still hold, so long listens stay bounded."""
-        for op in self.ops.values():
-            if isinstance(op, ListenOp):
-                stale = [vid for vid, t in op.expires.items() if t <= now]
-                for vid in stale:
-                    del op.known[vid], op.expires[vid]
+        """Forget values no storer would still hold, so long listens stay bounded. A heap:
+        only the due entries are visited, not every listen's cache every tick."""
+        heap = self._cache_heap
+        while heap and heap[0][0] <= now:
+            _, _, op, vid = heapq.heappop(heap)
+            op.queued.discard(vid)
+            if self.ops.get(op.id) is not op:
+                self._cache_dead -= 1
+                continue
+            until = op.expires.get(vid)
+            if until is None:
+                continue
+            if until <= now:
+                del op.known[vid], op.expires[vid]
+            else:
+                self._queue_cached(op, vid, until)    # refreshed since: due later
+
+    def _cache_value(self, op: ListenOp, value: Value) -> None:
+        op.known[value.id] = value
+        self._cache_until(op, value.id, self.now + type_expiration(value.type))
+
+    def _cache_until(self, op: ListenOp, vid: int, until: float) -> None:
+        op.expires[vid] = until
+        if vid not in op.queued:        # one heap entry per cached value
+            self._queue_cached(op, vid, until)
+
+    def _queue_cached(self, op: ListenOp, vid: int, until: float) -> None:
+        op.queued.add(vid)
+        heapq.heappush(self._cache_heap, (until, next(self._seq), op, vid))
+        if self._cache_dead > len(self._cache_heap) // 2 + 1024:
+            self._compact_cache_heap()
+
+    def _compact_cache_heap(self) -> None:
+        """Cancelled listens' entries dominate: rebuild the heap from the live listens."""
+        heap = []
+        for ops in self.local_listens.values():
+            for op in ops:
+                for vid in op.queued:
+                    heap.append((op.expires.get(vid, self.now), next(self._seq), op, vid))
+        heapq.heapify(heap)
+        self._cache_heap, self._cache_dead = heap, 0
+
+    def _held_changed(self, search: Search) -> None:
+        """A search holding a listen or a permanent put is never dropped, so it leaves the
+        cached (droppable) set; it comes back, as most recently used, once released."""
+        cached = self._cached_searches[search.family]
+        if self.searches[search.family].get(search.target) is not search:
+            return
+        if search.listens or any(op.permanent for op in search.puts):
+            cached.pop(search.target, None)
+        else:
+            cached[search.target] = None
+            cached.move_to_end(search.target)
 
     def _drop_idle_searches(self, now: float, force: bool = False) -> None:
-        for searches in self.searches.values():
-            for key, search in list(searches.items()):
-                idle = now - search.last_used > (0 if force else SEARCH_IDLE)
-                if not search.busy and idle:
+        """Drop cached searches idle for SEARCH_IDLE (force: the least recently used ones,
+        down to MAX_SEARCHES), oldest first; visits only those and the busy ones it meets."""
+        for fam, cached in self._cached_searches.items():
+            searches = self.searches[fam]
+            busy: list[InfoHash] = []
+            for _ in range(len(cached)):
+                key = next(iter(cached))
+                search = searches[key]
+                if (len(cached) + len(busy) < MAX_SEARCHES if force
+                        else now - search.last_used <= SEARCH_IDLE):
+                    break
+                cached.popitem(last=False)
+                if search.busy:         # a get or put in progress: kept, looked at later
+                    busy.append(key)
+                else:
                     del searches[key]
+            for key in busy:
+                cached[key] = None

@@ -187,6 +187,9 @@ class Storage:
         self._age_heaps: dict[str, list[tuple[float, int, InfoHash, int]]] = {}
         self._age_entries = 0  # live + stale entries over all age heaps
         self._tick = 0  # tie-breaker: insertion order among equal times
+        self._listener_heap: list[tuple[float, int, InfoHash, Listener]] = []
+        self._listener_count = 0
+        self.listener_work = 0  # listeners visited by expiry and notification (tests count it)
 
     # --- sizes -----------------------------------------------------------------------------
 
@@ -330,6 +333,10 @@ class Storage:
         return None
 
     # --- listeners -------------------------------------------------------------------------
+    # One heap entry per Listener object, keyed on its `refreshed` time when pushed: a refresh
+    # only moves `refreshed`, and the entry is pushed again (once) when it pops early. So no
+    # operation visits listeners it does not act on: expiry pops only what is due (or moved),
+    # a put visits only its key's listeners. `listener_work` counts the listeners visited.
 
     def add_listener(self, key: InfoHash, listener: Listener) -> bool:
         """True for a new subscription; False when (node_id, sid) existed and was refreshed."""
@@ -338,6 +345,8 @@ class Storage:
         current = listeners.get(ident)
         if current is None:
             listeners[ident] = listener
+            self._listener_count += 1
+            self._queue_listener(listener.refreshed, key, listener)
             return True
         current.addr = listener.addr
         current.query = listener.query
@@ -345,26 +354,65 @@ class Storage:
         current.refreshed = listener.refreshed
         return False
 
+    def listener(self, key: InfoHash, node_id: bytes, sid: int) -> Listener | None:
+        bucket = self._buckets.get(key)
+        return bucket.listeners.get((node_id, sid)) if bucket else None
+
+    def listener_count(self, key: InfoHash | None = None) -> int:
+        """Listeners under key (all keys when None), without visiting them."""
+        if key is None:
+            return self._listener_count
+        bucket = self._buckets.get(key)
+        return len(bucket.listeners) if bucket else 0
+
     def remove_listener(self, key: InfoHash, node_id: bytes, sid: int) -> None:
         bucket = self._buckets.get(key)
-        if bucket is not None:
-            bucket.listeners.pop((node_id, sid), None)
+        if bucket is not None and bucket.listeners.pop((node_id, sid), None) is not None:
+            self._listener_count -= 1
             self._drop_if_empty(key)
 
     def listeners(self, key: InfoHash) -> list[Listener]:
         bucket = self._buckets.get(key)
-        return list(bucket.listeners.values()) if bucket else []
+        if bucket is None:
+            return []
+        self.listener_work += len(bucket.listeners)
+        return list(bucket.listeners.values())
 
     def expire_listeners(self, now: float, max_age: float = LISTENER_EXPIRE_TIME) -> int:
         """Drop subscriptions not refreshed within max_age; returns how many were dropped."""
-        dropped = 0
-        for key, bucket in list(self._buckets.items()):
-            stale = [i for i, lst in bucket.listeners.items() if lst.refreshed + max_age < now]
-            for ident in stale:
+        return len(self.pop_expired_listeners(now, max_age))
+
+    def pop_expired_listeners(self, now: float, max_age: float = LISTENER_EXPIRE_TIME
+                              ) -> list[tuple[InfoHash, Listener]]:
+        """Drop and return the subscriptions not refreshed within max_age."""
+        dropped: list[tuple[InfoHash, Listener]] = []
+        while self._listener_heap and self._listener_heap[0][0] + max_age < now:
+            _, _, key, lst = heapq.heappop(self._listener_heap)
+            self.listener_work += 1
+            bucket = self._buckets.get(key)
+            ident = (lst.node_id, lst.sid)
+            if bucket is None or bucket.listeners.get(ident) is not lst:
+                continue                                    # removed (or replaced) since
+            if lst.refreshed + max_age < now:
                 del bucket.listeners[ident]
-            dropped += len(stale)
-            self._drop_if_empty(key)
+                self._listener_count -= 1
+                self._drop_if_empty(key)
+                dropped.append((key, lst))
+            else:
+                self._queue_listener(lst.refreshed, key, lst)   # refreshed since: due later
         return dropped
+
+    def _queue_listener(self, when: float, key: InfoHash, lst: Listener) -> None:
+        self._tick += 1
+        heapq.heappush(self._listener_heap, (when, self._tick, key, lst))
+        if len(self._listener_heap) > 2 * self._listener_count + _COMPACT_SLACK:
+            # entries of removed listeners dominate: rebuild from the live ones
+            self._listener_heap = []
+            for k, bucket in self._buckets.items():
+                for live in bucket.listeners.values():
+                    self._tick += 1
+                    self._listener_heap.append((live.refreshed, self._tick, k, live))
+            heapq.heapify(self._listener_heap)
 
     # --- internals -------------------------------------------------------------------------
 
