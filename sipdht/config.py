@@ -205,6 +205,7 @@ class DhtConfig:
     state_file: Path | None = _opt(None, path)
     rate_limit: bool = _opt(True, boolean)
     max_storage_mb: int = _opt(64, int_range(1, 65536))
+    max_listeners_per_ip: int = _opt(256, int_range(1, 10_000_000))
     client_only: bool = _opt(False, boolean)
 
 

@@ -70,6 +70,7 @@ def node_config(args: argparse.Namespace, config: Config, client: bool) -> NodeC
         rate_limit=dht.rate_limit and not getattr(args, "no_rate_limit", False),
         client_only=client or dht.client_only,
         max_storage=dht.max_storage_mb * 1024 * 1024,
+        max_listeners_per_ip=dht.max_listeners_per_ip,
         bootstrap=args.bootstrap or dht.bootstrap,
         state_file=dht.state_file,
         # the composition root picks the store policy: OpenDHT SecureDht's, whose checks

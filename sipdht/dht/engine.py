@@ -74,6 +74,11 @@ HOUSEKEEPING = 2.0
 SEARCH_IDLE = 62 * 60.0
 BOOTSTRAP_RETRY, BOOTSTRAP_RETRY_MAX = 10.0, 300.0
 MAX_SEARCHES = 4096
+# New listens start their searches while fewer requests than this are out; the rest wait
+# in a queue. 10,000 listens started at once sent 40,000 finds in one burst: the storers'
+# socket buffers dropped most, every storer then looked unreachable, few listens were
+# acknowledged.
+LISTEN_START_WINDOW = 256
 
 # What one get reply (or a new listener's first push) may carry, whatever is stored: a
 # burst a socket buffer holds. Callers page through the rest by id, as OpenDHT clients do.
@@ -179,12 +184,14 @@ class DhtEngine:
                  rate_limit: bool = True, max_storage: int = 64 * 1024 * 1024,
                  client_only: bool = False, policy: EditPolicy | None = None,
                  families: tuple[int, ...] = (4, 6), now: float = 0.0,
-                 epoch_offset: float = 0.0, rng: random.Random | None = None) -> None:
+                 epoch_offset: float = 0.0, rng: random.Random | None = None,
+                 max_listeners_per_ip: int = MAX_LISTENERS_PER_IP) -> None:
         self.rng: random.Random = rng if rng is not None else random.SystemRandom()
         self.id = node_id or InfoHash(self.rng.randbytes(HASH_LEN))
         self.network = network
         self.client_only = client_only
         self.families = families
+        self.max_listeners_per_ip = max_listeners_per_ip
         self.epoch_offset = epoch_offset   # wall-clock seconds = now + epoch_offset
         self.tables = {f: RoutingTable(self.id, self.rng) for f in (4, 6)}
         self.storage = Storage(max_total=max_storage, policy=policy)
@@ -211,6 +218,7 @@ class DhtEngine:
         # (when, seq, listen op, value id): when a listen's cached value may be forgotten
         self._cache_heap: list[tuple[float, int, ListenOp, int]] = []
         self._cache_dead = 0        # entries of cancelled listens still in that heap
+        self._listen_queue: deque[ListenOp] = deque()     # waiting for LISTEN_START_WINDOW
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[ev.Event] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
@@ -241,6 +249,8 @@ class DhtEngine:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.fn(now)
+        if self._listen_queue:
+            self._start_listens(now)
 
     def next_event(self) -> ev.Event | None:
         return self._events.popleft() if self._events else None
@@ -271,6 +281,8 @@ class DhtEngine:
             return
         {"q": self._on_query, "r": self._on_reply, "e": self._on_error,
          "u": self._on_legacy_update}[whole.kind](whole, addr, now)
+        if self._listen_queue:
+            self._start_listens(now)
 
     # --- operations -------------------------------------------------------------------------
 
@@ -320,8 +332,29 @@ class DhtEngine:
         self.ops[op.id] = op
         self.local_listens.setdefault(key, []).append(op)
         self._listen_values(op, "add", self.storage.get(key, now=now))
-        self._attach(op, key, "listens", now)
+        self._listen_queue.append(op)
+        self._start_listens(now)
         return op.id
+
+    def listening_nodes(self, op_id: int) -> int:
+        """How many storers have acknowledged this listen's subscription and still hold it
+        (0 while it waits to start, or for an unknown op)."""
+        op = self.ops.get(op_id)
+        if not isinstance(op, ListenOp):
+            return 0
+        return sum(1 for search in op.searches for sn in search.nodes
+                   if sn.listen_sid is not None and not sn.failed
+                   and sn.listen_time > self.now - LISTEN_REFRESH - REANNOUNCE_MARGIN)
+
+    def _start_listens(self, now: float) -> None:
+        """Attach queued listens to their searches while the request window has room (a
+        listen joining a search already under way costs nothing and never waits)."""
+        queue = self._listen_queue
+        while queue and (len(self.requests) < LISTEN_START_WINDOW
+                         or any(queue[0].key in self.searches[f] for f in self.families)):
+            op = queue.popleft()
+            if self.ops.get(op.id) is op:       # not cancelled while it waited
+                self._attach(op, op.key, "listens", now)
 
     def cancel(self, op_id: int, now: float) -> None:
         """Stop a listen or a permanent put; the remote subscriptions time out on their own."""
@@ -714,7 +747,7 @@ class DhtEngine:
     def _listen_room(self, key: InfoHash, ip: str, new: bool) -> bool:
         """Room for one more listener from ip (and, for a new one, under key): O(1), as
         _ip_listens holds exactly what storage holds (expiry and drops remove entries)."""
-        if len(self._ip_listens.get(ip, ())) >= MAX_LISTENERS_PER_IP:
+        if len(self._ip_listens.get(ip, ())) >= self.max_listeners_per_ip:
             return False
         return not new or self.storage.listener_count(key) < MAX_LISTENERS_PER_KEY
 

@@ -45,6 +45,7 @@ class NodeConfig:
     rate_limit: bool = True
     client_only: bool = False
     max_storage: int = 64 * 1024 * 1024
+    max_listeners_per_ip: int = 256      # listeners one source IP may hold here
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     state_file: Path | None = None
     node_id: InfoHash | None = None
@@ -110,6 +111,7 @@ class DhtNode:
         self.engine = DhtEngine(cfg.node_id, network=cfg.network, rate_limit=cfg.rate_limit,
                                 max_storage=cfg.max_storage, client_only=cfg.client_only,
                                 policy=cfg.policy, families=families, now=loop.time(),
+                                max_listeners_per_ip=cfg.max_listeners_per_ip,
                                 epoch_offset=time.time() - loop.time())
         await self._bind(families)
         self.engine.families = tuple(self._transports)
