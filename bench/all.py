@@ -57,6 +57,8 @@ BENCHES = [
     Bench("call_setup", ["--calls", "30", "--runs", "1", "--cold", "10", "--first", "10"], 600, 1200,
           root=True, tools={"sipp": "apt-get install sip-tester",
                             "kamailio": "apt-get install kamailio"}),
+    Bench("listens", ["--listens", "5000", "--remote", "20000", "--idle", "20", "--sample", "200"],
+          240, 600, tools={"dhtnode": DHTNODE_HINT}),
     Bench("rtp_relay", ["--seconds", "5", "--blast", "3", "--concurrency", "1,10,50",
                         "--rates", "5000,20000,40000"], 420, 900,
           tools={"dhtnode": DHTNODE_HINT}),
