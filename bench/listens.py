@@ -7,8 +7,8 @@ on a loopback network of S storers. Ours: a Python process running sipdht's DhtN
 the gateway at 127.0.0.1). Peer: OpenDHT's own library (python3-opendht's DhtRunner, run by
 Debian's /usr/bin/python3) on `dhtnode -U` storers. Reported per gateway, from its
 /proc/PID/stat: time until every listen is acknowledged by LISTEN_NODES storers (ours only:
-OpenDHT's API does not tell) and CPU per listen over that time (OpenDHT: over the same
-time, or 10 s if longer); idle CPU with the listens held (refreshes only); then one value is
+OpenDHT's API does not tell) and CPU per listen over that time or 10 s if longer (OpenDHT:
+over the same time); idle CPU with the listens held (refreshes only); then one value is
 put on each of M sample keys (by a sipdht node in this process, the same for both) and the
 gateway's CPU per delivered value (its idle CPU over that time subtracted) and
 values delivered/expected.
@@ -205,7 +205,23 @@ async def put_sample(port: int, keys: list[int], storers: int) -> int:
         await node.stop()
 
 
-def own_listens(impl: str, tmp: Path, args, ack_time: float | None) -> dict:
+def delivery(child: Proc, got0: int, expected: int, limit: float) -> tuple[int, float, float]:
+    """Wait for the values (at most `limit` s, or 5 s without a new one): how many came,
+    and the time and the child's CPU when the last one came."""
+    got, t_last, c_last = 0, time.monotonic(), child.cpu_seconds()
+    end = time.monotonic() + limit
+    while time.monotonic() < min(end, t_last + 5) and got < expected:
+        time.sleep(0.25)
+        now_got = last_stat(child)[1] - got0
+        if now_got != got:
+            got, t_last, c_last = now_got, time.monotonic(), child.cpu_seconds()
+    return got, t_last, c_last
+
+
+MIN_WINDOW = 10.0       # seconds over which the CPU per listen is measured, at least
+
+
+def own_listens(impl: str, tmp: Path, args, window_s: float | None) -> dict:
     work = tmp / impl
     work.mkdir()
     storers = start_storers("sipdht" if impl == "sipdht" else "dhtnode", work, args.storers,
@@ -223,11 +239,11 @@ def own_listens(impl: str, tmp: Path, args, ack_time: float | None) -> dict:
             ok = wait_until(lambda: last_stat(child)[0] >= args.listens, args.ack_limit)
             out["acked"] = last_stat(child)[0]
             out["ack_s"] = time.monotonic() - t0 if ok else float("nan")
-            window = time.monotonic() - t0
+            window = max(time.monotonic() - t0, MIN_WINDOW)
         else:
-            window = max(ack_time or 0.0, 10.0)
-            time.sleep(window)
+            window = window_s or MIN_WINDOW
             out["acked"], out["ack_s"] = float("nan"), float("nan")
+        time.sleep(max(0.0, t0 + window - time.monotonic()))   # the same window for both
         out["cpu_per_listen"] = (child.cpu_seconds() - c0) / args.listens
         t1, c1 = time.monotonic(), child.cpu_seconds()
         time.sleep(args.idle)
@@ -237,12 +253,10 @@ def own_listens(impl: str, tmp: Path, args, ack_time: float | None) -> dict:
         got0 = last_stat(child)[1]
         t2, c2 = time.monotonic(), child.cpu_seconds()
         stored = asyncio.run(put_sample(storers[0].port, sample, args.storers))
-        wait_until(lambda: last_stat(child)[1] - got0 >= len(sample), 30)
-        time.sleep(1.0)
-        dt = time.monotonic() - t2
-        got = last_stat(child)[1] - got0
+        got, t_last, c_last = delivery(child, got0, len(sample), 30)
         out.update(expected=len(sample), delivered=got, stored=stored)
-        work_cpu = child.cpu_seconds() - c2 - idle_rate * dt
+        # the gateway's CPU until the last value came, less its idle rate over that time
+        work_cpu = max(0.0, c_last - c2 - idle_rate * (t_last - t2))
         out["cpu_per_value"] = work_cpu / got if got else float("nan")
         out["rss_mb"] = child.rss_mb()
         out["window_s"] = window
@@ -381,7 +395,8 @@ def main() -> int:
     ap.add_argument("--sample", type=int, default=400, help="keys that get a value (default 400)")
     ap.add_argument("--remote", type=int, default=100_000,
                     help="listeners from others on one storer (default 100000)")
-    ap.add_argument("--put-keys", type=int, default=20, help="keys put in part 2 (default 20)")
+    ap.add_argument("--put-keys", type=int, default=100,
+                    help="keys put in part 2, 100 listeners each (default 100)")
     ap.add_argument("--idle", type=float, default=30.0,
                     help="idle seconds measured, at least one 20 s listen refresh (default 30)")
     ap.add_argument("--ack-limit", type=float, default=120.0, help="seconds to wait for acks")
@@ -403,7 +418,7 @@ def main() -> int:
         if args.only in (None, "own"):
             own["sipdht"] = own_listens("sipdht", tmp, args, None)
             print("own, sipdht :", own["sipdht"], flush=True)
-            own["opendht"] = own_listens("opendht", tmp, args, own["sipdht"]["ack_s"])
+            own["opendht"] = own_listens("opendht", tmp, args, own["sipdht"]["window_s"])
             print("own, opendht:", own["opendht"], flush=True)
         if args.only in (None, "remote"):
             for impl in ("sipdht", "dhtnode"):
