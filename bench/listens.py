@@ -138,7 +138,7 @@ from _common import (  # noqa: E402
 )
 
 from sipdht.dht.infohash import InfoHash  # noqa: E402
-from sipdht.dht.messages import decode, encode_query  # noqa: E402
+from sipdht.dht.messages import decode, encode_query, encode_reply  # noqa: E402
 from sipdht.dht.node import DhtNode, NodeConfig  # noqa: E402
 from sipdht.dht.storage import EditPolicy  # noqa: E402
 from sipdht.dht.values import Value, pack  # noqa: E402
@@ -307,30 +307,36 @@ def subscribe(sock: socket.socket, port: int, first: int, n: int, nkeys: int) ->
 
 
 def count_updates(socks: list[socket.socket], expected: int, limit: float) -> int:
+    """Distinct (listener, values) notifications received; an `update` query is answered, as
+    a listener does (an unanswered one is sent again, and then the listener dropped)."""
     sel = selectors.DefaultSelector()
     for s in socks:
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ)
-    got = 0
+    seen: set[tuple] = set()
+    me = os.urandom(20)
     end = time.monotonic() + limit
     try:
-        while got < expected and time.monotonic() < end:
+        while len(seen) < expected and time.monotonic() < end:
             for key, _ in sel.select(0.2):
-                sock = key.fileobj
+                sock: socket.socket = key.fileobj  # type: ignore[assignment]
                 while True:
                     try:
-                        data = sock.recv(65536)  # type: ignore[union-attr]
+                        data = sock.recv(65536)
                     except BlockingIOError:
                         break
                     try:
                         msg = decode(data)
                     except Exception:
                         continue
+                    if msg.kind == "q":
+                        sock.send(encode_reply(msg.tid, {"id": me}))
                     if msg.values:
-                        got += 1
+                        sid = msg.sid if msg.kind == "q" else msg.tid
+                        seen.add((sock.fileno(), sid, tuple(v.id for v in msg.values)))
     finally:
         sel.close()
-    return got
+    return len(seen)
 
 
 def remote_listeners(impl: str, tmp: Path, args) -> dict:
