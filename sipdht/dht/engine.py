@@ -219,6 +219,7 @@ class DhtEngine:
         self._cache_heap: list[tuple[float, int, ListenOp, int]] = []
         self._cache_dead = 0        # entries of cancelled listens still in that heap
         self._listen_queue: deque[ListenOp] = deque()     # waiting for LISTEN_START_WINDOW
+        self._resume: deque[Search] = deque()       # listen searches revived, to step likewise
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[ev.Event] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
@@ -249,7 +250,7 @@ class DhtEngine:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.fn(now)
-        if self._listen_queue:
+        if self._listen_queue or self._resume:
             self._start_listens(now)
 
     def next_event(self) -> ev.Event | None:
@@ -281,7 +282,7 @@ class DhtEngine:
             return
         {"q": self._on_query, "r": self._on_reply, "e": self._on_error,
          "u": self._on_legacy_update}[whole.kind](whole, addr, now)
-        if self._listen_queue:
+        if self._listen_queue or self._resume:
             self._start_listens(now)
 
     # --- operations -------------------------------------------------------------------------
@@ -349,6 +350,10 @@ class DhtEngine:
     def _start_listens(self, now: float) -> None:
         """Attach queued listens to their searches while the request window has room (a
         listen joining a search already under way costs nothing and never waits)."""
+        while self._resume and len(self.requests) < LISTEN_START_WINDOW:
+            search = self._resume.popleft()
+            if self.searches[search.family].get(search.target) is search and search.listens:
+                self._step(search, now)
         queue = self._listen_queue
         while queue and (len(self.requests) < LISTEN_START_WINDOW
                          or any(queue[0].key in self.searches[f] for f in self.families)):
@@ -1212,9 +1217,25 @@ class DhtEngine:
         for op in search.puts:
             if op.permanent:
                 self._reannounce(search, op, now)
-        if search.busy:
+        if search.listens and self._revive(search, now):
+            self._resume.append(search)         # stepped within the request window
+            self._start_listens(now)
+        elif search.busy:
             self._step(search, now)
         self._at(now + LISTEN_REFRESH, lambda t: self._search_refresh(search, t))
+
+    def _revive(self, search: Search, now: float) -> bool:
+        """A listen whose storers all failed (e.g. we were offline past their retries) asks
+        them again once the shared memory no longer holds them unreachable: a failed search
+        node never comes back by itself, and the listen would stay deaf for good."""
+        if len(search.live()) >= LISTEN_NODES:
+            return False
+        revived = False
+        for sn in search.nodes:
+            if sn.failed and not sn.pending and self._reachable(sn.node, now):
+                sn.failed = sn.slow = False
+                revived = True
+        return revived
 
     def _reannounce(self, search: Search, op: PutOp, now: float) -> None:
         tag = op.id

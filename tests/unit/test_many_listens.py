@@ -276,3 +276,32 @@ def test_listen_cache_entries_expire_from_a_heap() -> None:
     sim.run(60.0)
     assert op.known == {} and op.expires == {} and op.queued == set()
     assert [e.kind for e in gw.listened[ops[7]]] == ["add"]     # nobody told us: the heap did
+
+
+def test_listens_come_back_after_the_gateway_was_offline() -> None:
+    """Offline for 45 s (past every retry of its listen refreshes): every storer failed in
+    every listen's search, and before the fix no listen was ever acknowledged again."""
+    sim = build(12, seed=6, max_listeners_per_ip=100_000)
+    gw, putter = sim.nodes[0], sim.nodes[7]
+    keys = [InfoHash.get(f"friend-{i}") for i in range(1000)]
+    ops = [sim.listen(gw, k) for k in keys]
+
+    def all_in() -> bool:
+        return all(gw.engine.listening_nodes(op) >= LISTEN_NODES for op in ops)
+    assert every_second(sim, 60, all_in)
+    gw.down()
+    sim.run(45.0)
+    gw.up()
+    assert not all_in()
+    most_out = 0
+
+    def track() -> bool:
+        nonlocal most_out
+        most_out = max(most_out, len(gw.engine.requests))
+        return False
+    # back once the shared memory of unreachable nodes (120 s) lets them be asked again
+    assert every_second(sim, engine_mod.UNREACHABLE_TIME + 60, all_in, track)
+    assert most_out <= 4 * LISTEN_START_WINDOW, most_out
+    sim.start_put(putter, keys[500], Value(id=77, data=b"back"))
+    assert every_second(sim, 10, lambda: any(
+        v.id == 77 for e in gw.listened[ops[500]] for v in e.values))
