@@ -16,6 +16,8 @@ _Int = int          # `InfoHash.int` shadows the builtin inside the class body
 class InfoHash(bytes):
     """Immutable 20-byte id; bytes subclass so it packs as msgpack bin directly."""
 
+    __slots__ = ()      # no per-instance __dict__: 56 bytes, not 80, and no GC tracking
+
     def __new__(cls, data: bytes) -> InfoHash:
         if len(data) != HASH_LEN:
             raise ValueError(f"an InfoHash is {HASH_LEN} bytes, got {len(data)}")
