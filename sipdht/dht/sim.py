@@ -24,7 +24,7 @@ searches, and the tables share the nodes' id and address objects (`RoutingTable.
 
 Everything is bounded: every run loop by a simulated deadline and a step count,
 every per-node record by what the caller asks for (results are popped by the
-helpers) or by a fixed-length deque.
+helpers) or by a fixed length (the event log).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import itertools
 import math
 import random
 from bisect import bisect_left
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -94,7 +94,7 @@ class SimNode:
         self.net, self.index, self.addr, self.engine = net, index, addr, engine
         self.alive = True
         self.connected = False
-        self._events: deque[ev.Event] | None = None              # the last EVENT_LOG events
+        self._events: list[ev.Event] = []        # a list: a deque allocates 600 bytes at once
         self.values: dict[int, list[Value]] = {}                 # get op -> values so far
         self.done: dict[int, ev.GetDone | ev.PutDone] = {}       # op -> completion
         self.started: dict[int, float] = {}                      # op -> sim time started
@@ -112,11 +112,14 @@ class SimNode:
         return self.engine.id
 
     @property
-    def events(self) -> deque[ev.Event]:
-        """The last EVENT_LOG events it reported (allocated on the first one)."""
-        if self._events is None:
-            self._events = deque(maxlen=EVENT_LOG)
-        return self._events
+    def events(self) -> list[ev.Event]:
+        """The last EVENT_LOG events it reported (a copy)."""
+        return self._events[-EVENT_LOG:]
+
+    def _record(self, event: ev.Event) -> None:
+        self._events.append(event)
+        if len(self._events) > 2 * EVENT_LOG:
+            del self._events[:-EVENT_LOG]
 
     def down(self) -> None:
         """Crash: receives nothing and whatever it sends is dropped; its timers still run."""
@@ -249,7 +252,7 @@ class SimNetwork:
             heapq.heappush(self._heap, (when, next(self._seq), _TIMER, node, None, None))
 
     def _dispatch(self, node: SimNode, event: ev.Event) -> None:
-        node.events.append(event)
+        node._record(event)
         if isinstance(event, ev.GetValues):
             node.values.setdefault(event.op, []).extend(event.values)
         elif isinstance(event, ev.GetDone | ev.PutDone):
@@ -457,40 +460,54 @@ def build(n: int, seed: int = 0, *, latency: tuple[float, float] = DEFAULT_LATEN
 
 def fill_tables(sim: SimNetwork, nodes: list[SimNode] | None = None) -> None:
     """Fill each node's routing table (of its address family) with what a converged
-    Kademlia table holds: for every bucket on the path to its own id, K + 1 random live
-    nodes of that bucket's range (K in the bucket, one cached spare) or all of them, and
-    every node of the last range, each as if it had just replied. Only live nodes are
+    Kademlia table holds: for every bucket on the path to its own id, K + 1 live nodes of
+    that bucket's range (K in the bucket, one cached spare) or all of them, each as if it
+    had just replied. Its K closest nodes are among them (its own search found them, and
+    they queried it); the rest of each range is picked at random. Only live nodes are
     used; `nodes` (default: every live node) are the ones filled."""
     alive = sorted((n for n in sim.nodes if n.alive), key=lambda n: n.id.int)
     ints = [n.id.int for n in alive]
     rng, now = sim.rng, sim.now
     for node in alive if nodes is None else nodes:
         table = node.engine.tables[family_of(node.addr)]
-        for other in _table_view(alive, ints, node.id.int, rng):
+        for i in _table_view(ints, node.id.int, rng):
+            other = alive[i]
             if other is not node:
                 table.update(other.engine.id, other.addr, now, 2)
         node.connected = True
 
 
-def _table_view(alive: list[SimNode], ints: list[int], me: int,
-                rng: random.Random) -> list[SimNode]:
-    """The nodes a converged table of `me` holds, farthest bucket first."""
-    out: list[SimNode] = []
+def _table_view(ints: list[int], me: int, rng: random.Random) -> list[int]:
+    """Indexes (into the sorted ids) of what a converged table of `me` holds, farthest
+    bucket first."""
+    ranges: list[tuple[int, int]] = []      # the range of each bucket on the path to me
     lo, hi, base = 0, len(ints), 0
     for depth in range(8 * HASH_LEN):
-        if hi - lo <= K + 2:            # me and at most K + 1 others left: all of them
+        if hi - lo <= K + 2:                # me and at most K + 1 others left: all of them
             break
         bit = 1 << (8 * HASH_LEN - 1 - depth)
         mid = bisect_left(ints, base + bit, lo, hi)
         if me & bit:
-            far, (lo, hi), base = (lo, mid), (mid, hi), base + bit
+            ranges.append((lo, mid))
+            lo, base = mid, base + bit
         else:
-            far, (lo, hi) = (mid, hi), (lo, mid)
-        size = far[1] - far[0]
-        picks = range(far[0], far[1]) if size <= K + 1 else rng.sample(range(far[0], far[1]), K + 1)
-        out += [alive[i] for i in picks]
-    out += alive[lo:hi]
-    return out
+            ranges.append((mid, hi))
+            hi = mid
+    # The K closest: the last range's nodes, then the nearest of the deepest buckets.
+    need = K - (hi - lo - 1)
+    picks: list[list[int]] = [[] for _ in ranges]
+    for level in range(len(ranges) - 1, -1, -1):
+        if need <= 0:
+            break
+        a, b = ranges[level]
+        picks[level] = heapq.nsmallest(need, range(a, b), key=lambda i: ints[i] ^ me)
+        need -= len(picks[level])
+    out: list[int] = []
+    for (a, b), chosen in zip(ranges, picks, strict=True):
+        # the closest first: the (K + 1)th of a range is only cached
+        others = range(a, b) if b - a <= K + 1 else rng.sample(range(a, b), K + 1)
+        out += chosen + [i for i in others if i not in chosen][:K + 1 - len(chosen)]
+    return out + list(range(lo, hi))
 
 
 def summarize(samples: Iterable[float]) -> dict[str, float]:
