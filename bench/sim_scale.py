@@ -7,7 +7,8 @@ by pings and searches instead) and prints:
 
 * build: wall time, and bytes per engine = growth of the process's RSS during the build / n
   (`--tracemalloc` adds the bytes Python allocated, / n, and the lines that allocated most;
-  tracing makes the build ~2x slower, so the wall time is then not comparable);
+  tracing makes the build ~2x slower and its own bookkeeping inflates the RSS growth, so
+  neither the wall time nor the RSS figure is then comparable);
 * --keys values put from random nodes;
 * healthy: --gets concurrent gets (spread over the keys, each from a node that has not
   searched yet): found, lookup hops, simulated latency median / p95;

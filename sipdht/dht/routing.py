@@ -75,7 +75,10 @@ class Bucket:
         return self.lower <= int.from_bytes(node_id, "big") < self.upper
 
     def get(self, node_id: bytes) -> Node | None:
-        return next((n for n in self.nodes if n.id == node_id), None)
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        return None
 
     def random_id(self, rng: random.Random) -> InfoHash:
         """An id inside this bucket, to refresh it by searching for it."""
@@ -152,7 +155,7 @@ class RoutingTable:
             node = Node(nid, addr)
             if confirm >= 1:
                 node.heard(now, reply=confirm == 2)
-        return self._insert(node, now, confirm)
+        return self._insert(node, now, confirm, bucket)
 
     def _refresh(
         self, bucket: Bucket, node: Node, addr: tuple[str, int], now: float, confirm: int
@@ -170,9 +173,9 @@ class RoutingTable:
         if confirm == 2 and node in bucket.nodes:
             bucket.time = now
 
-    def _insert(self, node: Node, now: float, confirm: int) -> Node | None:
+    def _insert(self, node: Node, now: float, confirm: int, bucket: Bucket) -> Node | None:
+        """Into `bucket` (node's), splitting our own bucket as long as it is full."""
         while True:
-            bucket = self.bucket_of(node.id)
             if len(bucket.nodes) < K:
                 bucket.nodes.append(node)
                 bucket.time = now
@@ -188,6 +191,7 @@ class RoutingTable:
                     bucket.cached = node
                 return None
             self._split(bucket)
+            bucket = self.bucket_of(node.id)
 
     def _can_split(self, bucket: Bucket) -> bool:
         """Only our own neighbourhood gets finer; far buckets stay at K nodes."""

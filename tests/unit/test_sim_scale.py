@@ -48,6 +48,15 @@ def test_direct_build_sends_nothing_and_gives_converged_tables():
         assert node.connected
 
 
+def test_direct_build_replays_from_its_seed():
+    def tables(seed: int) -> list[list[tuple[bytes, tuple[str, int]]]]:
+        sim = build(150, seed=seed, join="direct")
+        return [[(bytes(e.id), e.addr) for e in n.engine.tables[4].nodes()] for n in sim.nodes]
+
+    assert tables(8) == tables(8)
+    assert tables(8) != tables(9)
+
+
 def test_tables_share_the_nodes_id_and_address_objects():
     """One id and one address object per simulated node, whichever table holds it, also
     for nodes learnt from datagrams (the decoded copies are not kept)."""
