@@ -182,7 +182,7 @@ class DhtEngine:
                  "_unreachable", "reassembler", "stats", "searches", "requests", "listen_sids",
                  "local_listens", "ops", "_ip_listens", "_listens_swept", "_out", "_events",
                  "_timers", "_seq", "_op_ids", "_bootstrap", "_bootstrap_wait", "_connected",
-                 "now", "__dict__")
+                 "now", "__dict__", "__weakref__")
 
     def __init__(self, node_id: InfoHash | None = None, *, network: int = 0,
                  rate_limit: bool = True, max_storage: int = 64 * 1024 * 1024,
