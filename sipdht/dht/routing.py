@@ -101,7 +101,7 @@ Intern = Callable[[InfoHash, tuple[str, int]], tuple[InfoHash, tuple[str, int]]]
 class RoutingTable:
     """Buckets sorted by lower bound; only the bucket holding my_id ever splits."""
 
-    __slots__ = ("my_id", "buckets", "_lowers", "_rng", "intern")
+    __slots__ = ("my_id", "buckets", "_lowers", "_rng", "intern", "__dict__")   # dict: for later additions
 
     def __init__(self, my_id: InfoHash, rng: random.Random | None = None,
                  intern: Intern | None = None) -> None:
