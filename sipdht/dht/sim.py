@@ -15,7 +15,7 @@ skipped (an early one just re-arms). Nodes get 10.200.x.y:4222 addresses.
 Scale: `build(n, join="direct")` fills every routing table from the global view (what
 a converged network's tables hold) instead of letting n nodes join by pings and
 searches, and the tables share the nodes' id and address objects (`RoutingTable.intern`):
-10,000 engines then build in seconds at ~20 KB each (bench/sim_scale.py).
+10,000 engines then build in seconds at ~17 KB each (bench/sim_scale.py).
 
     sim = build(200, seed=1)
     node = sim.nodes[0]
