@@ -22,7 +22,7 @@ import ipaddress
 import itertools
 import logging
 import random
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,7 +215,7 @@ class DhtEngine:
         self._ip_listens: dict[str, dict[tuple[InfoHash, bytes, int], float]] = {}
         self._listens_swept = now
         self._out: list[tuple[bytes, Addr]] = []
-        self._events: list[ev.Event] = []     # a list: an empty deque allocates 600 bytes
+        self._events: deque[ev.Event] = deque()     # 600 bytes, but pop(0) on a list is quadratic in a burst
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._op_ids = itertools.count(1)
@@ -246,7 +246,7 @@ class DhtEngine:
                 timer.fn(now)
 
     def next_event(self) -> ev.Event | None:
-        return self._events.pop(0) if self._events else None     # short: drained after every call
+        return self._events.popleft() if self._events else None
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         self.now = now
