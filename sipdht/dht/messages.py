@@ -41,9 +41,15 @@ NOT_FOUND = 404
 
 NODE4_LEN, NODE6_LEN = 26, 38
 MAX_DATAGRAM = 65536
+# Value chunks in one `p` datagram: OpenDHT (and we) send one; thousands of tiny ones only
+# cost the receiver (45 kB of 1-byte chunks took ~9 ms to decode), so more is malformed.
+MAX_PARTS_PER_DATAGRAM = 16
+# No map of the protocol has more than ~20 keys: a bigger one is refused by msgpack itself,
+# at its header, before it is built.
+MAX_MAP_LEN = 64
 
 _UNPACK_LIMITS = dict(max_bin_len=MAX_DATAGRAM, max_str_len=MAX_DATAGRAM,
-                      max_array_len=MAX_DATAGRAM, max_map_len=4096, max_ext_len=0)
+                      max_array_len=MAX_DATAGRAM, max_map_len=MAX_MAP_LEN, max_ext_len=0)
 
 
 class MalformedMessage(ValueError):
@@ -195,6 +201,8 @@ def _body(b: Any, msg: Message) -> None:
 def _fragments(p: Any, msg: Message) -> None:
     if type(p) is not dict:
         raise MalformedMessage("p: expected a map")
+    if len(p) > MAX_PARTS_PER_DATAGRAM:
+        raise MalformedMessage(f"p: more than {MAX_PARTS_PER_DATAGRAM} chunks")
     for idx, part in p.items():
         if type(idx) is not int or not 0 <= idx < 4096 or type(part) is not dict:
             raise MalformedMessage("p: expected {index: {o, d}}")
