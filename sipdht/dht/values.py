@@ -7,12 +7,13 @@ shortest integers, str for keys and utype, bin for every byte string.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
+
+from .digests import sha1
 
 MAX_VALUE_SIZE = 64 * 1024
 MAX_SEQ = 0xFFFF
@@ -247,7 +248,7 @@ class Query:
             if fid == FIELD_UTYPE and v.utype.encode() != want:
                 return False
             if fid == FIELD_OWNER:     # the owner's key id: SHA-1 of its DER key
-                if v.owner is None or hashlib.sha1(bytes(v.owner)).digest() != want:
+                if v.owner is None or sha1(bytes(v.owner)).digest() != want:
                     return False
         return True
 
