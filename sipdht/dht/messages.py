@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,8 +278,27 @@ def encode_query(name: str, tid: int, args: dict[str, Any], network: int = 0,
     return _envelope({"a": args, "q": name, "t": tid, "y": "q"}, network, client)
 
 
-def encode_reply(tid: int, body: dict[str, Any], network: int = 0, client: bool = False) -> bytes:
-    return _envelope({"r": body, "t": tid, "y": "r"}, network, client)
+def encode_reply(tid: int, body: dict[str, Any], network: int = 0, client: bool = False,
+                 packed_values: Sequence[bytes] = ()) -> bytes:
+    """`packed_values`: values already in msgpack (values.packb), sent inline as the body's
+    last entry "values" without being unpacked and packed again."""
+    if not packed_values:
+        return _envelope({"r": body, "t": tid, "y": "r"}, network, client)
+    # msgpack has no raw pass-through: pack a nil in the value's place, then put the
+    # packed array where the nil is (the body's last byte; the envelope's fourth, after its
+    # fixmap header and the key "r").
+    raw_body = msgpack.packb({**body, "values": None}, use_bin_type=True)[:-1] \
+        + _array_header(len(packed_values)) + b"".join(packed_values)
+    envelope = _envelope({"r": None, "t": tid, "y": "r"}, network, client)
+    return envelope[:3] + raw_body + envelope[4:]
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def encode_legacy_update(tid: int, body: dict[str, Any], network: int = 0) -> bytes:
