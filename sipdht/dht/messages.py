@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +125,10 @@ def address_bytes(ip: str) -> bytes:
 def _hash(obj: Any, what: str) -> InfoHash:
     if type(obj) is not bytes or len(obj) != HASH_LEN:
         raise MalformedMessage(f"{what}: expected bin 20")
-    return InfoHash(obj)
+    return _new_hash(InfoHash, obj)      # InfoHash() would check the length again
+
+
+_new_hash = bytes.__new__
 
 
 def _tid(obj: Any) -> int:
@@ -154,49 +157,51 @@ def _values(obj: Any, msg: Message) -> None:
         raise MalformedMessage(f"values: {exc}") from None
 
 
+def _sa(obj: Any) -> bytes:
+    sa = _bin(obj, "sa")
+    if len(sa) not in (4, 16):
+        raise MalformedMessage("sa: expected 4 or 16 bytes")
+    return sa
+
+
+def _want(obj: Any) -> tuple[int, ...]:
+    if type(obj) is not list:
+        raise MalformedMessage("w: expected an array")
+    return tuple(_uint(x, "w", 255) for x in obj)
+
+
+# body key -> (Message attribute, its parser); keys not listed are ignored, as OpenDHT does
+_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "id": ("id", lambda o: _hash(o, "id")),
+    "h": ("h", lambda o: _hash(o, "h")),
+    "target": ("target", lambda o: _hash(o, "target")),
+    "token": ("token", lambda o: _bin(o, "token")),
+    "vid": ("vid", lambda o: _uint(o, "vid")),
+    "sid": ("sid", lambda o: _uint(o, "sid", 2**32 - 1)),
+    "n4": ("n4", lambda o: unpack_nodes(_bin(o, "n4"), 4)),
+    "n6": ("n6", lambda o: unpack_nodes(_bin(o, "n6"), 6)),
+    "sa": ("sa", _sa),
+    "c": ("created", lambda o: _uint(o, "c")),
+    "w": ("want", _want),
+    "ve": ("version", lambda o: _uint(o, "ve", 255)),
+    "q": ("q", unpack_query),                # MalformedValue: decode() turns it into
+    "fileds": ("fields", unpack_fields),     # MalformedMessage
+    "re": ("refreshed", lambda o: _id_list(o, "re")),
+    "exp": ("expired", lambda o: _id_list(o, "exp")),
+}
+
+
 def _body(b: Any, msg: Message) -> None:
+    """Only the keys present are looked at: a query body has two or three."""
     if type(b) is not dict:
         raise MalformedMessage("body: expected a map")
-    if "id" in b:
-        msg.id = _hash(b["id"], "id")
-    for key in ("h", "target"):
-        if key in b:
-            setattr(msg, key, _hash(b[key], key))
-    if "token" in b:
-        msg.token = _bin(b["token"], "token")
-    if "vid" in b:
-        msg.vid = _uint(b["vid"], "vid")
-    if "sid" in b:
-        msg.sid = _uint(b["sid"], "sid", 2**32 - 1)
-    if "n4" in b:
-        msg.n4 = unpack_nodes(_bin(b["n4"], "n4"), 4)
-    if "n6" in b:
-        msg.n6 = unpack_nodes(_bin(b["n6"], "n6"), 6)
-    if "values" in b:
-        _values(b["values"], msg)
-    if "sa" in b:
-        msg.sa = _bin(b["sa"], "sa")
-        if len(msg.sa) not in (4, 16):
-            raise MalformedMessage("sa: expected 4 or 16 bytes")
-    if "c" in b:
-        msg.created = _uint(b["c"], "c")
-    if "w" in b:
-        if type(b["w"]) is not list:
-            raise MalformedMessage("w: expected an array")
-        msg.want = tuple(_uint(x, "w", 255) for x in b["w"])
-    if "ve" in b:
-        msg.version = _uint(b["ve"], "ve", 255)
-    try:
-        if "q" in b:
-            msg.q = unpack_query(b["q"])
-        if "fileds" in b:
-            msg.fields = unpack_fields(b["fileds"])
-    except MalformedValue as exc:
-        raise MalformedMessage(str(exc)) from None
-    if "re" in b:
-        msg.refreshed = _id_list(b["re"], "re")
-    if "exp" in b:
-        msg.expired = _id_list(b["exp"], "exp")
+    for key, obj in b.items():
+        if key == "values":
+            _values(obj, msg)
+            continue
+        known = _FIELDS.get(key)
+        if known is not None:
+            setattr(msg, known[0], known[1](obj))
 
 
 def _fragments(p: Any, msg: Message) -> None:
