@@ -91,8 +91,9 @@ SUSPECT_TIME = 5.0          # after a first timeout only (a reply clears either 
 MAX_UNREACHABLE = 4096
 CHALLENGE_INTERVAL = 5.0    # between two pings proving one unproven source (proofs.py)
 MAX_CHALLENGES = 4096
-# Packed node lists of find/get replies are reused this long for the same target.
-NODES_CACHE_TIME, MAX_NODES_CACHE = 1.0, 1024
+# Packed node lists of find/get replies are reused for the same target within one window of
+# this long (then all are dropped, so an idle engine holds at most one window's worth).
+NODES_CACHE_TIME, MAX_NODES_CACHE = 1.0, 256
 # query name -> (its stats counter, the method serving it): no string building per query
 _SERVE = {q: (f"query_{q}", f"_serve_{q}") for q in QUERIES}
 
@@ -210,8 +211,8 @@ class DhtEngine:
         self._ip_listens: dict[str, dict[tuple[InfoHash, bytes, int], float]] = {}
         self._listens_swept = now
         self._out: list[tuple[bytes, Addr]] = []
-        self._nodes_cache: dict[tuple[InfoHash, tuple[int, ...]],
-                                tuple[float, dict[str, Any]]] = {}   # see _nodes_body
+        self._nodes_cache: dict[tuple[InfoHash, tuple[int, ...]], dict[str, Any]] = {}
+        self._nodes_cache_until = now        # see _nodes_body
         self._events: deque[ev.Event] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
@@ -474,21 +475,23 @@ class DhtEngine:
     def _nodes_body(self, target: InfoHash, families: tuple[int, ...],
                     now: float) -> dict[str, Any]:
         """The packed closest good nodes (n4/n6), reused for the same target and families
-        for NODES_CACHE_TIME: a popular key is asked for many times a second, and a list
-        that old is as good an answer as OpenDHT's own snapshots."""
+        within a window of NODES_CACHE_TIME: a popular key is asked for many times a second,
+        and a list that old is as good an answer as OpenDHT's own snapshots."""
         cache = self._nodes_cache
+        if now >= self._nodes_cache_until:      # a new window: nothing older is kept
+            cache.clear()
+            self._nodes_cache_until = now + NODES_CACHE_TIME
         hit = cache.get((target, families))
-        if hit is not None and hit[0] > now:
-            return dict(hit[1])
+        if hit is not None:
+            return dict(hit)
         body: dict[str, Any] = {}
         for fam in families:
             nodes = self.tables[fam].closest(target, K, now, good_only=True)
             if nodes:
                 body["n4" if fam == 4 else "n6"] = pack_nodes([(n.id, n.addr) for n in nodes],
                                                               fam)
-        if len(cache) >= MAX_NODES_CACHE:
-            cache.clear()
-        cache[(target, families)] = (now + NODES_CACHE_TIME, body)
+        if len(cache) < MAX_NODES_CACHE:
+            cache[(target, families)] = body
         return dict(body)
 
     def _reply(self, msg: Message, addr: Addr, body: dict[str, Any],

@@ -91,3 +91,17 @@ def test_a_value_is_packed_once_and_equal_values_stay_equal() -> None:
     w = Value(id=5, data=b"x")
     assert w == v and hash(w) == hash(v)
     assert packb(v.with_id(6)) != first           # a changed copy is packed anew
+
+
+def test_the_node_list_cache_holds_one_window_at_most() -> None:
+    """A simulation runs thousands of engines: what they cache must not pile up."""
+    from sipdht.dht.engine import MAX_NODES_CACHE
+
+    e = DhtEngine(ME, now=T0, rate_limit=False)
+    e.proofs.prove(A[0], T0)
+    for i in range(MAX_NODES_CACHE + 50):
+        target = InfoHash(i.to_bytes(20, "big"))
+        e.receive_datagram(encode_query("find", i + 1, {"id": PEER, "target": target}), A, T0)
+    assert len(e._nodes_cache) == MAX_NODES_CACHE
+    find_nodes(e, T0 + NODES_CACHE_TIME, 10_000)
+    assert len(e._nodes_cache) == 1
