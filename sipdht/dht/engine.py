@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
-from .fragments import Reassembler, fragment_datagrams, split_values
+from .fragments import Reassembler, fits_inline, fragment_datagrams, split_values
 from .infohash import HASH_LEN, ZERO, InfoHash
 from .messages import (
     AF_INET,
     AF_INET6,
     NON_AUTHORITATIVE_INFORMATION,
     NOT_FOUND,
+    QUERIES,
     UNAUTHORIZED,
     Addr,
     MalformedMessage,
@@ -62,7 +63,7 @@ from .search import (
 )
 from .storage import LISTENER_EXPIRE_TIME, EditPolicy, Listener, Storage, StoreStatus
 from .tokens import Tokens
-from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, type_expiration
+from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, packb, type_expiration
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,11 @@ SUSPECT_TIME = 5.0          # after a first timeout only (a reply clears either 
 MAX_UNREACHABLE = 4096
 CHALLENGE_INTERVAL = 5.0    # between two pings proving one unproven source (proofs.py)
 MAX_CHALLENGES = 4096
+# Packed node lists of find/get replies are reused for the same target within one window of
+# this long (then all are dropped, so an idle engine holds at most one window's worth).
+NODES_CACHE_TIME, MAX_NODES_CACHE = 1.0, 256
+# query name -> (its stats counter, the method serving it): no string building per query
+_SERVE = {q: (f"query_{q}", f"_serve_{q}") for q in QUERIES}
 
 
 def family_of(addr: Addr) -> int:
@@ -182,7 +188,7 @@ class DhtEngine:
                  "_unreachable", "reassembler", "stats", "searches", "requests", "listen_sids",
                  "local_listens", "ops", "_ip_listens", "_listens_swept", "_out", "_events",
                  "_timers", "_seq", "_op_ids", "_bootstrap", "_bootstrap_wait", "_connected",
-                 "now", "__dict__", "__weakref__")
+                 "now", "_nodes_cache", "_nodes_cache_until", "__dict__", "__weakref__")
 
     def __init__(self, node_id: InfoHash | None = None, *, network: int = 0,
                  rate_limit: bool = True, max_storage: int = 64 * 1024 * 1024,
@@ -215,6 +221,8 @@ class DhtEngine:
         self._ip_listens: dict[str, dict[tuple[InfoHash, bytes, int], float]] = {}
         self._listens_swept = now
         self._out: list[tuple[bytes, Addr]] = []
+        self._nodes_cache: dict[tuple[InfoHash, tuple[int, ...]], dict[str, Any]] = {}
+        self._nodes_cache_until = now        # see _nodes_body
         self._events: deque[ev.Event] = deque()     # 600 bytes, but pop(0) on a list is quadratic in a burst
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
@@ -272,8 +280,15 @@ class DhtEngine:
         if whole.id is None or whole.id == ZERO or whole.id == self.id:
             self.stats["dropped_bad_id"] += 1
             return
-        {"q": self._on_query, "r": self._on_reply, "e": self._on_error,
-         "u": self._on_legacy_update}[whole.kind](whole, addr, now)
+        kind = whole.kind
+        if kind == "q":
+            self._on_query(whole, addr, now)
+        elif kind == "r":
+            self._on_reply(whole, addr, now)
+        elif kind == "e":
+            self._on_error(whole, addr, now)
+        else:
+            self._on_legacy_update(whole, addr, now)
 
     # --- operations -------------------------------------------------------------------------
 
@@ -462,18 +477,32 @@ class DhtEngine:
         self.stats["dropped_fragments"] = self.reassembler.dropped
         return done
 
-    def _want(self, msg: Message, addr: Addr) -> set[int]:
+    def _want(self, msg: Message, addr: Addr) -> tuple[int, ...]:
         if msg.want:
-            return {4 for w in msg.want if w == AF_INET} | {6 for w in msg.want if w == AF_INET6}
-        return {family_of(addr)}
+            return tuple(f for f, af in ((4, AF_INET), (6, AF_INET6)) if af in msg.want)
+        return (family_of(addr),)
 
-    def _nodes_body(self, target: InfoHash, families: set[int], now: float) -> dict[str, Any]:
+    def _nodes_body(self, target: InfoHash, families: tuple[int, ...],
+                    now: float) -> dict[str, Any]:
+        """The packed closest good nodes (n4/n6), reused for the same target and families
+        within a window of NODES_CACHE_TIME: a popular key is asked for many times a second,
+        and a list that old is as good an answer as OpenDHT's own snapshots."""
+        cache = self._nodes_cache
+        if now >= self._nodes_cache_until:      # a new window: nothing older is kept
+            cache.clear()
+            self._nodes_cache_until = now + NODES_CACHE_TIME
+        hit = cache.get((target, families))
+        if hit is not None:
+            return dict(hit)
         body: dict[str, Any] = {}
-        for fam in sorted(families):
+        for fam in families:
             nodes = self.tables[fam].closest(target, K, now, good_only=True)
             if nodes:
-                body[f"n{fam}"] = pack_nodes([(n.id, n.addr) for n in nodes], fam)
-        return body
+                body["n4" if fam == 4 else "n6"] = pack_nodes([(n.id, n.addr) for n in nodes],
+                                                              fam)
+        if len(cache) < MAX_NODES_CACHE:
+            cache[(target, families)] = body
+        return dict(body)
 
     def _reply(self, msg: Message, addr: Addr, body: dict[str, Any],
                values: list[Value] | None = None, tid: int | None = None) -> None:
@@ -496,11 +525,13 @@ class DhtEngine:
 
     def _reply_datagrams(self, tid: int, body: dict[str, Any],
                          values: list[Value] | None) -> list[bytes]:
-        packed: list[bytes] = []
-        if values:
-            body = {**body}
-            body["values"], packed = split_values(values)
-        return ([encode_reply(tid, body, self.network, self.client_only)]
+        if not values:
+            return [encode_reply(tid, body, self.network, self.client_only)]
+        packed = [packb(v) for v in values]          # made once per stored value
+        if fits_inline(packed):
+            return [encode_reply(tid, body, self.network, self.client_only, packed)]
+        return ([encode_reply(tid, {**body, "values": [len(p) for p in packed]}, self.network,
+                              self.client_only)]
                 + fragment_datagrams(tid, packed, self.network))
 
     def _trim_nodes(self, body: dict[str, Any]) -> bool:
@@ -562,7 +593,8 @@ class DhtEngine:
 
     def _on_query(self, msg: Message, addr: Addr, now: float) -> None:
         # rate limited in _admit, before reassembly
-        self.stats[f"query_{msg.query}"] += 1
+        counter, serve = _SERVE[msg.query or ""]     # decode() made it one of QUERIES
+        self.stats[counter] += 1
         ip = addr[0]
         if not self.proofs.proven(ip, now):     # maybe spoofed: answer within a budget
             allowed = self.proofs.allowance(ip, self._rx_bytes, now)
@@ -570,7 +602,7 @@ class DhtEngine:
         try:
             if not msg.client and msg.id is not None:
                 self._heard_query(msg.id, addr, now)
-            getattr(self, f"_serve_{msg.query}")(msg, addr, now)
+            getattr(self, serve)(msg, addr, now)
         finally:
             if self._budget is not None:
                 self.proofs.spend(ip, allowed - self._budget[1][0], now)
@@ -613,6 +645,8 @@ class DhtEngine:
     def _fair(self, key: InfoHash, values: list[Value]) -> list[Value]:
         """Round-robin over source IPs (our own values first), so that when a reply is capped
         every source's oldest values are in it, not only the most prolific source's."""
+        if len(values) < 2:
+            return values
         groups: dict[str | None, list[Value]] = {}
         for v in values:
             sv = self.storage.get_stored(key, v.id)
@@ -627,7 +661,7 @@ class DhtEngine:
         out: list[Value] = []
         size = 0
         for v in values[:MAX_REPLY_VALUES]:
-            size += v.size() + len(v.owner or b"") + 64      # ~ its packed size
+            size += len(packb(v))          # packed once per stored value, then reused
             if out and size > MAX_REPLY_BYTES:
                 break
             out.append(v)

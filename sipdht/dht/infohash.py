@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
+
+from .digests import sha1
 
 HASH_LEN = 20
 _HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")
@@ -28,7 +29,7 @@ class InfoHash(bytes):
         """SHA-1 of the data, as OpenDHT's InfoHash::get."""
         if isinstance(data, str):
             data = data.encode()
-        return cls(hashlib.sha1(data).digest())
+        return cls(sha1(data).digest())
 
     @classmethod
     def from_key(cls, key: str) -> InfoHash:
