@@ -64,7 +64,7 @@ class Proc:
     """One child process whose stdout+stderr go to a log file."""
 
     def __init__(self, argv: list[str], log_path: Path, stdin_pipe: bool = False,
-                 ready: str | None = None) -> None:
+                 ready: str | None = None, env: dict[str, str] | None = None) -> None:
         self.argv = argv
         self.log_path = log_path
         self.ready = ready
@@ -75,7 +75,7 @@ class Proc:
             self.popen = subprocess.Popen(
                 argv, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                 stdout=self._log, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                start_new_session=True)   # a terminal Ctrl-C reaches us, not the children
+                start_new_session=True, env=env)   # a terminal Ctrl-C reaches us, not the children
         except BaseException:
             self._log.close()
             raise
@@ -204,7 +204,26 @@ def start_sipdht_node(workdir: Path, config: Path, name: str, bootstrap: int | N
         argv += ["-b", f"127.0.0.1:{bootstrap}"]
     if no_rate_limit:
         argv.append("-U")
-    return Proc(argv, workdir / f"{name}.log", ready=SIPDHT_READY)
+    return Proc(argv, workdir / f"{name}.log", ready=SIPDHT_READY, env=sipdht_env(config))
+
+
+def sipdht_env(config: Path) -> dict[str, str]:
+    """A sipdht node's environment: Python's bytecode cache on, kept in the temporary
+    directory beside the config (PYTHONPYCACHEPREFIX), as an installed package has it.
+    With PYTHONDONTWRITEBYTECODE=1 (set in some shells) every start compiled every module
+    from source: +30 ms CPU and +3 MB RSS per node, measuring the shell, not the node."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(Path(config).parent / "pycache")
+    return env
+
+
+def warm_bytecode_cache(workdir: Path, config: Path) -> None:
+    """Start and stop one node, so that the measured ones find their bytecode cached."""
+    proc = start_sipdht_node(workdir, config, "bytecode-warm-up")
+    try:
+        proc.wait_ready(60)
+    finally:
+        proc.stop()
 
 
 def workdir(prefix: str) -> tempfile.TemporaryDirectory:

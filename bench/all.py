@@ -52,6 +52,7 @@ BENCHES = [
           tools={"dhtnode": DHTNODE_HINT}),
     Bench("sim_hops", [], 300, 600),
     Bench("sim_churn", [], 300, 600),
+    Bench("sim_scale", ["--quick"], 300, 900),
     Bench("ping_setup", ["--runs", "10"], 480, 2400,
           root=True, tools={"dhtnode": DHTNODE_HINT, "turnserver": "apt-get install coturn"}),
     Bench("call_setup", ["--calls", "30", "--runs", "1", "--cold", "10", "--first", "10"], 600, 1200,

@@ -51,11 +51,13 @@ from _common import (  # noqa: E402
     median,
     percentile,
     request,
+    sipdht_env,
     start_dhtnode,
     start_sipdht_node,
     stop_all,
     summary_row,
     table,
+    warm_bytecode_cache,
     workdir,
     write_sipdht_config,
     write_summary,
@@ -146,7 +148,8 @@ def put_sipdht(net: Network, items: list[tuple[str, str]], rng: random.Random, c
                         f"127.0.0.1:{net.random_port(rng)}", "--timeout", f"{timeout:g}", key, value]
                 running.append((subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                                  stdout=subprocess.DEVNULL,
-                                                 stderr=subprocess.DEVNULL), time.monotonic()))
+                                                 stderr=subprocess.DEVNULL,
+                                                 env=sipdht_env(config)), time.monotonic()))
             time.sleep(0.02)
             still = []
             for p, t0 in running:
@@ -384,6 +387,7 @@ def main() -> int:
     with workdir("bench-get-lat-") as d:
         tmp = Path(d)
         config = write_sipdht_config(tmp)
+        warm_bytecode_cache(tmp, config)
         for run in range(args.runs):
             (tmp / f"run{run}").mkdir()
             runs.append(one_run(run, args, rng, nonce, tmp, config))

@@ -39,6 +39,7 @@ from _common import (  # noqa: E402
     start_sipdht_node,
     summary_row,
     table,
+    warm_bytecode_cache,
     workdir,
     write_sipdht_config,
     write_summary,
@@ -191,6 +192,7 @@ def main() -> int:
     with workdir("bench-get-tp-") as d:
         tmp = Path(d)
         config = write_sipdht_config(tmp)
+        warm_bytecode_cache(tmp, config)
         for run in range(args.runs):
             order = SERVERS if run % 2 == 0 else SERVERS[::-1]
             for kind in order:

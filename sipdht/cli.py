@@ -7,7 +7,6 @@ errors print one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
@@ -21,6 +20,8 @@ from . import __version__, signals
 from .config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
+    import asyncio
+
     from . import identity
 
 log = logging.getLogger("sipdht")
@@ -126,6 +127,8 @@ def load_or_create_identity(config: Config) -> identity.Identity:
 def stop_on_signals():
     """An Event set by SIGINT or SIGTERM; installed before start-up so no signal is lost
     and a second Ctrl-C does not interrupt a clean shutdown."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -141,6 +144,8 @@ def stop_on_signals():
 
 async def until_stopped(stop: asyncio.Event, starting) -> bool:
     """Run a start-up coroutine unless a stop signal comes first; True if it completed."""
+    import asyncio
+
     start = asyncio.ensure_future(starting)
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -156,6 +161,8 @@ async def until_stopped(stop: asyncio.Event, starting) -> bool:
 
 def run_async(coro) -> int:
     """Run a coroutine; Ctrl-C ends it cleanly."""
+    import asyncio
+
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
@@ -181,6 +188,19 @@ def _failure_types() -> tuple[type[BaseException], ...]:
 LONG_RUNNING = ("run", "node")     # they stop cleanly on a signal, even one during start-up
 
 
+def _asyncio_without_tls() -> None:
+    """Load asyncio with `ssl` hidden, for `sipdht node`: asyncio imports ssl for TLS, which
+    a DHT node never uses, and ssl maps libssl and libcrypto (5 MB, a fifth of an idle
+    node). Afterwards `import ssl` works again; only asyncio's own TLS stays off."""
+    if "asyncio" in sys.modules or "ssl" in sys.modules:
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # makes `import ssl` fail
+    try:
+        import asyncio  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import commands
 
@@ -189,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if name not in LONG_RUNNING:
             signals.release()
+        if name == "node":
+            _asyncio_without_tls()
         commands.load_for(name)
     except KeyboardInterrupt:
         return EXIT_OK

@@ -22,19 +22,20 @@ import ipaddress
 import itertools
 import logging
 import random
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
-from .fragments import Reassembler, fragment_datagrams, split_values
+from .fragments import Reassembler, fits_inline, fragment_datagrams, split_values
 from .infohash import HASH_LEN, ZERO, InfoHash
 from .messages import (
     AF_INET,
     AF_INET6,
     NON_AUTHORITATIVE_INFORMATION,
     NOT_FOUND,
+    QUERIES,
     UNAUTHORIZED,
     Addr,
     MalformedMessage,
@@ -62,7 +63,7 @@ from .search import (
 )
 from .storage import EditPolicy, Listener, Storage, StoreStatus
 from .tokens import Tokens
-from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, type_expiration
+from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, packb, type_expiration
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ SUSPECT_TIME = 5.0          # after a first timeout only (a reply clears either 
 MAX_UNREACHABLE = 4096
 CHALLENGE_INTERVAL = 5.0    # between two pings proving one unproven source (proofs.py)
 MAX_CHALLENGES = 4096
+# Packed node lists of find/get replies are reused for the same target within one window of
+# this long (then all are dropped, so an idle engine holds at most one window's worth).
+NODES_CACHE_TIME, MAX_NODES_CACHE = 1.0, 256
+# query name -> (its stats counter, the method serving it): no string building per query
+_SERVE = {q: (f"query_{q}", f"_serve_{q}") for q in QUERIES}
 
 
 def family_of(addr: Addr) -> int:
@@ -180,6 +186,18 @@ class ListenOp:
 
 
 class DhtEngine:
+    # What __init__ allocates, in slots: ~35 attributes overflow CPython's shared-key
+    # instance dict (30 keys), which then costs 1.6 KB per engine, and a simulation holds
+    # thousands of engines. `__dict__` keeps room for attributes not listed here.
+    __slots__ = ("rng", "id", "network", "client_only", "families", "epoch_offset", "tables",
+                 "storage", "tokens", "limits", "proofs", "_budget", "_rx_bytes", "_challenged",
+                 "_unreachable", "reassembler", "stats", "searches", "requests", "listen_sids",
+                 "local_listens", "ops", "_ip_listens", "_out", "_events",
+                 "_timers", "_seq", "_op_ids", "_bootstrap", "_bootstrap_wait", "_connected",
+                 "now", "_nodes_cache", "_nodes_cache_until", "max_listeners_per_ip",
+                 "_cached_searches", "_cache_heap", "_cache_dead", "_listen_queue", "_resume",
+                 "__dict__", "__weakref__")
+
     def __init__(self, node_id: InfoHash | None = None, *, network: int = 0,
                  rate_limit: bool = True, max_storage: int = 64 * 1024 * 1024,
                  client_only: bool = False, policy: EditPolicy | None = None,
@@ -204,7 +222,7 @@ class DhtEngine:
         self._unreachable: dict[Addr, float] = {}    # address -> until when searches skip it
         self.reassembler = Reassembler()
         self.stats: Counter[str] = Counter()
-        self.searches: dict[int, dict[InfoHash, Search]] = {4: {}, 6: {}}
+        self.searches: dict[int, dict[InfoHash, Search]] = defaultdict(dict)   # family -> key -> search
         self.requests: dict[int, Request] = {}
         self.listen_sids: dict[int, tuple[Search, SearchNode]] = {}
         self.local_listens: dict[InfoHash, list[ListenOp]] = {}
@@ -213,15 +231,19 @@ class DhtEngine:
         self._ip_listens: dict[str, set[tuple[InfoHash, bytes, int]]] = {}
         # Searches that hold no listen and no permanent put, least recently used first: the
         # only ones MAX_SEARCHES and SEARCH_IDLE drop, found without visiting the others.
-        self._cached_searches: dict[int, OrderedDict[InfoHash, None]] = {
-            4: OrderedDict(), 6: OrderedDict()}
+        self._cached_searches: dict[int, OrderedDict[InfoHash, None]] = {}   # see _cached
         # (when, seq, listen op, value id): when a listen's cached value may be forgotten
         self._cache_heap: list[tuple[float, int, ListenOp, int]] = []
         self._cache_dead = 0        # entries of cancelled listens still in that heap
-        self._listen_queue: deque[ListenOp] = deque()     # waiting for LISTEN_START_WINDOW
-        self._resume: deque[Search] = deque()       # listen searches revived, to step likewise
+        # Listens waiting for LISTEN_START_WINDOW, and listen searches revived (_revive) to
+        # step likewise; made on first use (a deque is 600 bytes, a simulation holds
+        # thousands of engines)
+        self._listen_queue: deque[ListenOp] | None = None
+        self._resume: deque[Search] | None = None
         self._out: list[tuple[bytes, Addr]] = []
-        self._events: deque[ev.Event] = deque()
+        self._nodes_cache: dict[tuple[InfoHash, tuple[int, ...]], dict[str, Any]] = {}
+        self._nodes_cache_until = now        # see _nodes_body
+        self._events: deque[ev.Event] = deque()     # 600 bytes, but pop(0) on a list is quadratic in a burst
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._op_ids = itertools.count(1)
@@ -280,8 +302,15 @@ class DhtEngine:
         if whole.id is None or whole.id == ZERO or whole.id == self.id:
             self.stats["dropped_bad_id"] += 1
             return
-        {"q": self._on_query, "r": self._on_reply, "e": self._on_error,
-         "u": self._on_legacy_update}[whole.kind](whole, addr, now)
+        kind = whole.kind
+        if kind == "q":
+            self._on_query(whole, addr, now)
+        elif kind == "r":
+            self._on_reply(whole, addr, now)
+        elif kind == "e":
+            self._on_error(whole, addr, now)
+        else:
+            self._on_legacy_update(whole, addr, now)
         if self._listen_queue or self._resume:
             self._start_listens(now)
 
@@ -333,6 +362,8 @@ class DhtEngine:
         self.ops[op.id] = op
         self.local_listens.setdefault(key, []).append(op)
         self._listen_values(op, "add", self.storage.get(key, now=now))
+        if self._listen_queue is None:
+            self._listen_queue = deque()
         self._listen_queue.append(op)
         self._start_listens(now)
         return op.id
@@ -503,18 +534,32 @@ class DhtEngine:
         self.stats["dropped_fragments"] = self.reassembler.dropped
         return done
 
-    def _want(self, msg: Message, addr: Addr) -> set[int]:
+    def _want(self, msg: Message, addr: Addr) -> tuple[int, ...]:
         if msg.want:
-            return {4 for w in msg.want if w == AF_INET} | {6 for w in msg.want if w == AF_INET6}
-        return {family_of(addr)}
+            return tuple(f for f, af in ((4, AF_INET), (6, AF_INET6)) if af in msg.want)
+        return (family_of(addr),)
 
-    def _nodes_body(self, target: InfoHash, families: set[int], now: float) -> dict[str, Any]:
+    def _nodes_body(self, target: InfoHash, families: tuple[int, ...],
+                    now: float) -> dict[str, Any]:
+        """The packed closest good nodes (n4/n6), reused for the same target and families
+        within a window of NODES_CACHE_TIME: a popular key is asked for many times a second,
+        and a list that old is as good an answer as OpenDHT's own snapshots."""
+        cache = self._nodes_cache
+        if now >= self._nodes_cache_until:      # a new window: nothing older is kept
+            cache.clear()
+            self._nodes_cache_until = now + NODES_CACHE_TIME
+        hit = cache.get((target, families))
+        if hit is not None:
+            return dict(hit)
         body: dict[str, Any] = {}
-        for fam in sorted(families):
+        for fam in families:
             nodes = self.tables[fam].closest(target, K, now, good_only=True)
             if nodes:
-                body[f"n{fam}"] = pack_nodes([(n.id, n.addr) for n in nodes], fam)
-        return body
+                body["n4" if fam == 4 else "n6"] = pack_nodes([(n.id, n.addr) for n in nodes],
+                                                              fam)
+        if len(cache) < MAX_NODES_CACHE:
+            cache[(target, families)] = body
+        return dict(body)
 
     def _reply(self, msg: Message, addr: Addr, body: dict[str, Any],
                values: list[Value] | None = None, tid: int | None = None) -> None:
@@ -537,11 +582,13 @@ class DhtEngine:
 
     def _reply_datagrams(self, tid: int, body: dict[str, Any],
                          values: list[Value] | None) -> list[bytes]:
-        packed: list[bytes] = []
-        if values:
-            body = {**body}
-            body["values"], packed = split_values(values)
-        return ([encode_reply(tid, body, self.network, self.client_only)]
+        if not values:
+            return [encode_reply(tid, body, self.network, self.client_only)]
+        packed = [packb(v) for v in values]          # made once per stored value
+        if fits_inline(packed):
+            return [encode_reply(tid, body, self.network, self.client_only, packed)]
+        return ([encode_reply(tid, {**body, "values": [len(p) for p in packed]}, self.network,
+                              self.client_only)]
                 + fragment_datagrams(tid, packed, self.network))
 
     def _trim_nodes(self, body: dict[str, Any]) -> bool:
@@ -603,7 +650,8 @@ class DhtEngine:
 
     def _on_query(self, msg: Message, addr: Addr, now: float) -> None:
         # rate limited in _admit, before reassembly
-        self.stats[f"query_{msg.query}"] += 1
+        counter, serve = _SERVE[msg.query or ""]     # decode() made it one of QUERIES
+        self.stats[counter] += 1
         ip = addr[0]
         if not self.proofs.proven(ip, now):     # maybe spoofed: answer within a budget
             allowed = self.proofs.allowance(ip, self._rx_bytes, now)
@@ -611,7 +659,7 @@ class DhtEngine:
         try:
             if not msg.client and msg.id is not None:
                 self._heard_query(msg.id, addr, now)
-            getattr(self, f"_serve_{msg.query}")(msg, addr, now)
+            getattr(self, serve)(msg, addr, now)
         finally:
             if self._budget is not None:
                 self.proofs.spend(ip, allowed - self._budget[1][0], now)
@@ -654,6 +702,8 @@ class DhtEngine:
     def _fair(self, key: InfoHash, values: list[Value]) -> list[Value]:
         """Round-robin over source IPs (our own values first), so that when a reply is capped
         every source's oldest values are in it, not only the most prolific source's."""
+        if len(values) < 2:
+            return values
         groups: dict[str | None, list[Value]] = {}
         for v in values:
             sv = self.storage.get_stored(key, v.id)
@@ -668,7 +718,7 @@ class DhtEngine:
         out: list[Value] = []
         size = 0
         for v in values[:MAX_REPLY_VALUES]:
-            size += v.size() + len(v.owner or b"") + 64      # ~ its packed size
+            size += len(packb(v))          # packed once per stored value, then reused
             if out and size > MAX_REPLY_BYTES:
                 break
             out.append(v)
@@ -938,7 +988,7 @@ class DhtEngine:
 
     def _search(self, key: InfoHash, fam: int, now: float) -> Search:
         search = self.searches[fam].get(key)
-        cached = self._cached_searches[fam]
+        cached = self._cached(fam)
         if search is None:
             if len(cached) >= MAX_SEARCHES:
                 self._drop_idle_searches(now, force=True)
@@ -1218,6 +1268,8 @@ class DhtEngine:
             if op.permanent:
                 self._reannounce(search, op, now)
         if search.listens and self._revive(search, now):
+            if self._resume is None:
+                self._resume = deque()
             self._resume.append(search)         # stepped within the request window
             self._start_listens(now)
         elif search.busy:
@@ -1364,10 +1416,16 @@ class DhtEngine:
         heapq.heapify(heap)
         self._cache_heap, self._cache_dead = heap, 0
 
+    def _cached(self, fam: int) -> OrderedDict[InfoHash, None]:
+        cached = self._cached_searches.get(fam)
+        if cached is None:
+            cached = self._cached_searches[fam] = OrderedDict()
+        return cached
+
     def _held_changed(self, search: Search) -> None:
         """A search holding a listen or a permanent put is never dropped, so it leaves the
         cached (droppable) set; it comes back, as most recently used, once released."""
-        cached = self._cached_searches[search.family]
+        cached = self._cached(search.family)
         if self.searches[search.family].get(search.target) is not search:
             return
         if search.listens or any(op.permanent for op in search.puts):

@@ -18,10 +18,8 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from .messages import Addr, Message, encode_fragment
-from .values import MAX_VALUE_SIZE, MalformedValue, Value, pack, unpackb
+from .values import MAX_VALUE_SIZE, MalformedValue, Value, pack, packb, unpackb
 
 MAX_INLINE_SIZE = 600     # OpenDHT's MAX_PACKET_VALUE_SIZE
 MAX_INLINE_COUNT = 50
@@ -42,11 +40,15 @@ RX_MAX_EARLY_BYTES = 56 * 1024 + MAX_VALUE_SIZE + 32
 
 def split_values(values: list[Value]) -> tuple[list[Any], list[bytes]]:
     """-> (what goes in `values`, packed values to send as fragments)."""
-    maps = [pack(v) for v in values]
-    packed = [msgpack.packb(m, use_bin_type=True) for m in maps]
-    if len(values) < MAX_INLINE_COUNT and sum(len(p) for p in packed) < MAX_INLINE_SIZE:
-        return maps, []
+    packed = [packb(v) for v in values]
+    if fits_inline(packed):
+        return [pack(v) for v in values], []
     return [len(p) for p in packed], packed
+
+
+def fits_inline(packed: list[bytes]) -> bool:
+    """Whether these packed values go in the message itself (else sizes, then fragments)."""
+    return len(packed) < MAX_INLINE_COUNT and sum(map(len, packed)) < MAX_INLINE_SIZE
 
 
 def fragment_datagrams(tid: int, packed: list[bytes], network: int = 0) -> list[bytes]:

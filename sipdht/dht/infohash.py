@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
+
+from .digests import sha1
 
 HASH_LEN = 20
 _HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")
@@ -16,6 +17,8 @@ _Int = int          # `InfoHash.int` shadows the builtin inside the class body
 class InfoHash(bytes):
     """Immutable 20-byte id; bytes subclass so it packs as msgpack bin directly."""
 
+    __slots__ = ()      # no per-instance __dict__: 72 bytes, not 80
+
     def __new__(cls, data: bytes) -> InfoHash:
         if len(data) != HASH_LEN:
             raise ValueError(f"an InfoHash is {HASH_LEN} bytes, got {len(data)}")
@@ -26,7 +29,7 @@ class InfoHash(bytes):
         """SHA-1 of the data, as OpenDHT's InfoHash::get."""
         if isinstance(data, str):
             data = data.encode()
-        return cls(hashlib.sha1(data).digest())
+        return cls(sha1(data).digest())
 
     @classmethod
     def from_key(cls, key: str) -> InfoHash:

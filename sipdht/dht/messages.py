@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import socket
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +42,15 @@ NOT_FOUND = 404
 
 NODE4_LEN, NODE6_LEN = 26, 38
 MAX_DATAGRAM = 65536
+# Value chunks in one `p` datagram: OpenDHT (and we) send one; thousands of tiny ones only
+# cost the receiver (45 kB of 1-byte chunks took ~9 ms to decode), so more is malformed.
+MAX_PARTS_PER_DATAGRAM = 16
+# No map of the protocol has more than ~20 keys: a bigger one is refused by msgpack itself,
+# at its header, before it is built.
+MAX_MAP_LEN = 64
 
 _UNPACK_LIMITS = dict(max_bin_len=MAX_DATAGRAM, max_str_len=MAX_DATAGRAM,
-                      max_array_len=MAX_DATAGRAM, max_map_len=4096, max_ext_len=0)
+                      max_array_len=MAX_DATAGRAM, max_map_len=MAX_MAP_LEN, max_ext_len=0)
 
 
 class MalformedMessage(ValueError):
@@ -118,7 +125,10 @@ def address_bytes(ip: str) -> bytes:
 def _hash(obj: Any, what: str) -> InfoHash:
     if type(obj) is not bytes or len(obj) != HASH_LEN:
         raise MalformedMessage(f"{what}: expected bin 20")
-    return InfoHash(obj)
+    return _new_hash(InfoHash, obj)      # InfoHash() would check the length again
+
+
+_new_hash = bytes.__new__
 
 
 def _tid(obj: Any) -> int:
@@ -147,54 +157,58 @@ def _values(obj: Any, msg: Message) -> None:
         raise MalformedMessage(f"values: {exc}") from None
 
 
+def _sa(obj: Any) -> bytes:
+    sa = _bin(obj, "sa")
+    if len(sa) not in (4, 16):
+        raise MalformedMessage("sa: expected 4 or 16 bytes")
+    return sa
+
+
+def _want(obj: Any) -> tuple[int, ...]:
+    if type(obj) is not list:
+        raise MalformedMessage("w: expected an array")
+    return tuple(_uint(x, "w", 255) for x in obj)
+
+
+# body key -> (Message attribute, its parser); keys not listed are ignored, as OpenDHT does
+_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "id": ("id", lambda o: _hash(o, "id")),
+    "h": ("h", lambda o: _hash(o, "h")),
+    "target": ("target", lambda o: _hash(o, "target")),
+    "token": ("token", lambda o: _bin(o, "token")),
+    "vid": ("vid", lambda o: _uint(o, "vid")),
+    "sid": ("sid", lambda o: _uint(o, "sid", 2**32 - 1)),
+    "n4": ("n4", lambda o: unpack_nodes(_bin(o, "n4"), 4)),
+    "n6": ("n6", lambda o: unpack_nodes(_bin(o, "n6"), 6)),
+    "sa": ("sa", _sa),
+    "c": ("created", lambda o: _uint(o, "c")),
+    "w": ("want", _want),
+    "ve": ("version", lambda o: _uint(o, "ve", 255)),
+    "q": ("q", unpack_query),                # MalformedValue: decode() turns it into
+    "fileds": ("fields", unpack_fields),     # MalformedMessage
+    "re": ("refreshed", lambda o: _id_list(o, "re")),
+    "exp": ("expired", lambda o: _id_list(o, "exp")),
+}
+
+
 def _body(b: Any, msg: Message) -> None:
+    """Only the keys present are looked at: a query body has two or three."""
     if type(b) is not dict:
         raise MalformedMessage("body: expected a map")
-    if "id" in b:
-        msg.id = _hash(b["id"], "id")
-    for key in ("h", "target"):
-        if key in b:
-            setattr(msg, key, _hash(b[key], key))
-    if "token" in b:
-        msg.token = _bin(b["token"], "token")
-    if "vid" in b:
-        msg.vid = _uint(b["vid"], "vid")
-    if "sid" in b:
-        msg.sid = _uint(b["sid"], "sid", 2**32 - 1)
-    if "n4" in b:
-        msg.n4 = unpack_nodes(_bin(b["n4"], "n4"), 4)
-    if "n6" in b:
-        msg.n6 = unpack_nodes(_bin(b["n6"], "n6"), 6)
-    if "values" in b:
-        _values(b["values"], msg)
-    if "sa" in b:
-        msg.sa = _bin(b["sa"], "sa")
-        if len(msg.sa) not in (4, 16):
-            raise MalformedMessage("sa: expected 4 or 16 bytes")
-    if "c" in b:
-        msg.created = _uint(b["c"], "c")
-    if "w" in b:
-        if type(b["w"]) is not list:
-            raise MalformedMessage("w: expected an array")
-        msg.want = tuple(_uint(x, "w", 255) for x in b["w"])
-    if "ve" in b:
-        msg.version = _uint(b["ve"], "ve", 255)
-    try:
-        if "q" in b:
-            msg.q = unpack_query(b["q"])
-        if "fileds" in b:
-            msg.fields = unpack_fields(b["fileds"])
-    except MalformedValue as exc:
-        raise MalformedMessage(str(exc)) from None
-    if "re" in b:
-        msg.refreshed = _id_list(b["re"], "re")
-    if "exp" in b:
-        msg.expired = _id_list(b["exp"], "exp")
+    for key, obj in b.items():
+        if key == "values":
+            _values(obj, msg)
+            continue
+        known = _FIELDS.get(key)
+        if known is not None:
+            setattr(msg, known[0], known[1](obj))
 
 
 def _fragments(p: Any, msg: Message) -> None:
     if type(p) is not dict:
         raise MalformedMessage("p: expected a map")
+    if len(p) > MAX_PARTS_PER_DATAGRAM:
+        raise MalformedMessage(f"p: more than {MAX_PARTS_PER_DATAGRAM} chunks")
     for idx, part in p.items():
         if type(idx) is not int or not 0 <= idx < 4096 or type(part) is not dict:
             raise MalformedMessage("p: expected {index: {o, d}}")
@@ -269,8 +283,27 @@ def encode_query(name: str, tid: int, args: dict[str, Any], network: int = 0,
     return _envelope({"a": args, "q": name, "t": tid, "y": "q"}, network, client)
 
 
-def encode_reply(tid: int, body: dict[str, Any], network: int = 0, client: bool = False) -> bytes:
-    return _envelope({"r": body, "t": tid, "y": "r"}, network, client)
+def encode_reply(tid: int, body: dict[str, Any], network: int = 0, client: bool = False,
+                 packed_values: Sequence[bytes] = ()) -> bytes:
+    """`packed_values`: values already in msgpack (values.packb), sent inline as the body's
+    last entry "values" without being unpacked and packed again."""
+    if not packed_values:
+        return _envelope({"r": body, "t": tid, "y": "r"}, network, client)
+    # msgpack has no raw pass-through: pack a nil in the value's place, then put the
+    # packed array where the nil is (the body's last byte; the envelope's fourth, after its
+    # fixmap header and the key "r").
+    raw_body = msgpack.packb({**body, "values": None}, use_bin_type=True)[:-1] \
+        + _array_header(len(packed_values)) + b"".join(packed_values)
+    envelope = _envelope({"r": None, "t": tid, "y": "r"}, network, client)
+    return envelope[:3] + raw_body + envelope[4:]
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def encode_legacy_update(tid: int, body: dict[str, Any], network: int = 0) -> bytes:

@@ -23,9 +23,12 @@ ID_SPACE = 1 << (8 * HASH_LEN)
 _NEVER = float("-inf")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
-    """A remote node as the table knows it; identity is the object, not the fields."""
+    """A remote node as the table knows it; identity is the object, not the fields.
+
+    Slotted: a simulation holds ~100 of these per engine. New per-node state must be a
+    declared field (slots=True then makes room for it), not an attribute set on the fly."""
 
     id: InfoHash
     addr: tuple[str, int]
@@ -58,7 +61,7 @@ class Node:
         self.failures += 1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Bucket:
     """Up to K nodes with ids in [lower, upper), plus one spare candidate for when one leaves."""
 
@@ -72,7 +75,10 @@ class Bucket:
         return self.lower <= int.from_bytes(node_id, "big") < self.upper
 
     def get(self, node_id: bytes) -> Node | None:
-        return next((n for n in self.nodes if n.id == node_id), None)
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        return None
 
     def random_id(self, rng: random.Random) -> InfoHash:
         """An id inside this bucket, to refresh it by searching for it."""
@@ -89,13 +95,24 @@ class Bucket:
         return (self.lower ^ target) & ~(self.upper - self.lower - 1)
 
 
+Intern = Callable[[InfoHash, tuple[str, int]], tuple[InfoHash, tuple[str, int]]]
+
+
 class RoutingTable:
     """Buckets sorted by lower bound; only the bucket holding my_id ever splits."""
 
-    def __init__(self, my_id: InfoHash, rng: random.Random | None = None) -> None:
-        self.my_id = InfoHash(my_id)
+    __slots__ = ("my_id", "buckets", "_lowers", "_rng", "intern", "__dict__")   # dict: for later additions
+
+    def __init__(self, my_id: InfoHash, rng: random.Random | None = None,
+                 intern: Intern | None = None) -> None:
+        self.my_id = my_id if type(my_id) is InfoHash else InfoHash(my_id)
         self.buckets: list[Bucket] = [Bucket(lower=0)]
+        self._lowers: list[int] = [0]       # bucket lower bounds, for bisect
         self._rng = rng or random.Random()
+        # (id, addr) -> the same values, possibly shared objects: a simulation of many
+        # engines passes one that returns each node's own id and address objects, so
+        # thousands of tables do not each hold copies of them.
+        self.intern = intern
 
     def __len__(self) -> int:
         return sum(len(b.nodes) for b in self.buckets)
@@ -103,8 +120,7 @@ class RoutingTable:
     # -- lookup ---------------------------------------------------------------
 
     def bucket_of(self, node_id: bytes) -> Bucket:
-        i = bisect_right(self.buckets, int.from_bytes(node_id, "big"), key=lambda b: b.lower)
-        return self.buckets[i - 1]
+        return self.buckets[bisect_right(self._lowers, int.from_bytes(node_id, "big")) - 1]
 
     def find(self, node_id: bytes) -> Node | None:
         return self.bucket_of(node_id).get(node_id)
@@ -133,10 +149,13 @@ class RoutingTable:
             node, bucket.cached = bucket.cached, None
             self._refresh(bucket, node, addr, now, confirm)
         else:
-            node = Node(InfoHash(node_id), addr)
+            nid = node_id if type(node_id) is InfoHash else InfoHash(node_id)
+            if self.intern is not None:
+                nid, addr = self.intern(nid, addr)
+            node = Node(nid, addr)
             if confirm >= 1:
                 node.heard(now, reply=confirm == 2)
-        return self._insert(node, now, confirm)
+        return self._insert(node, now, confirm, bucket)
 
     def _refresh(
         self, bucket: Bucket, node: Node, addr: tuple[str, int], now: float, confirm: int
@@ -146,16 +165,17 @@ class RoutingTable:
         longer answers at its address; a reply (it echoed our tid) always may."""
         if confirm < 1:
             return
-        if confirm == 1 and addr != node.addr and node.is_good(now):
-            return
-        node.addr = addr
+        if addr != node.addr:
+            if confirm == 1 and node.is_good(now):
+                return
+            node.addr = addr if self.intern is None else self.intern(node.id, addr)[1]
         node.heard(now, reply=confirm == 2)
         if confirm == 2 and node in bucket.nodes:
             bucket.time = now
 
-    def _insert(self, node: Node, now: float, confirm: int) -> Node | None:
+    def _insert(self, node: Node, now: float, confirm: int, bucket: Bucket) -> Node | None:
+        """Into `bucket` (node's), splitting our own bucket as long as it is full."""
         while True:
-            bucket = self.bucket_of(node.id)
             if len(bucket.nodes) < K:
                 bucket.nodes.append(node)
                 bucket.time = now
@@ -171,6 +191,7 @@ class RoutingTable:
                     bucket.cached = node
                 return None
             self._split(bucket)
+            bucket = self.bucket_of(node.id)
 
     def _can_split(self, bucket: Bucket) -> bool:
         """Only our own neighbourhood gets finer; far buckets stay at K nodes."""
@@ -185,7 +206,9 @@ class RoutingTable:
         bucket.nodes = [n for n in bucket.nodes if bucket.contains(n.id)]
         if bucket.cached is not None and not bucket.contains(bucket.cached.id):
             high.cached, bucket.cached = bucket.cached, None
-        self.buckets.insert(self.buckets.index(bucket) + 1, high)
+        i = self.buckets.index(bucket) + 1
+        self.buckets.insert(i, high)
+        self._lowers.insert(i, mid)
         bucket.promote_cached()
         high.promote_cached()
 

@@ -12,6 +12,11 @@ an engine its `get_timer()` is compared with the time already armed and pushed
 only when earlier; an entry that pops while a later one is armed is stale and
 skipped (an early one just re-arms). Nodes get 10.200.x.y:4222 addresses.
 
+Scale: `build(n, join="direct")` fills every routing table from the global view (what
+a converged network's tables hold) instead of letting n nodes join by pings and
+searches, and the tables share the nodes' id and address objects (`RoutingTable.intern`):
+10,000 engines then build in seconds at ~17 KB each (bench/sim_scale.py).
+
     sim = build(200, seed=1)
     node = sim.nodes[0]
     stored = sim.put(node, key, new_value(b"hi"))
@@ -19,7 +24,7 @@ skipped (an early one just re-arms). Nodes get 10.200.x.y:4222 addresses.
 
 Everything is bounded: every run loop by a simulated deadline and a step count,
 every per-node record by what the caller asks for (results are popped by the
-helpers) or by a fixed-length deque.
+helpers) or by a fixed length (the event log).
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ import heapq
 import itertools
 import math
 import random
-from collections import Counter, deque
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from . import events as ev
-from .engine import DhtEngine
+from .engine import DhtEngine, family_of
 from .infohash import HASH_LEN, InfoHash
 from .messages import Addr
 from .routing import K
@@ -81,11 +87,14 @@ class PutResult:
 class SimNode:
     """One engine on the simulated network, and what it reported."""
 
+    __slots__ = ("net", "index", "addr", "engine", "alive", "connected", "_events", "values",
+                 "done", "started", "finished", "listened", "callbacks", "_armed")
+
     def __init__(self, net: SimNetwork, index: int, addr: Addr, engine: DhtEngine) -> None:
         self.net, self.index, self.addr, self.engine = net, index, addr, engine
         self.alive = True
         self.connected = False
-        self.events: deque[ev.Event] = deque(maxlen=EVENT_LOG)
+        self._events: list[ev.Event] = []        # a list: a deque allocates 600 bytes at once
         self.values: dict[int, list[Value]] = {}                 # get op -> values so far
         self.done: dict[int, ev.GetDone | ev.PutDone] = {}       # op -> completion
         self.started: dict[int, float] = {}                      # op -> sim time started
@@ -101,6 +110,16 @@ class SimNode:
     @property
     def id(self) -> InfoHash:
         return self.engine.id
+
+    @property
+    def events(self) -> list[ev.Event]:
+        """The last EVENT_LOG events it reported (a copy)."""
+        return self._events[-EVENT_LOG:]
+
+    def _record(self, event: ev.Event) -> None:
+        self._events.append(event)
+        if len(self._events) > 2 * EVENT_LOG:
+            del self._events[:-EVENT_LOG]
 
     def down(self) -> None:
         """Crash: receives nothing and whatever it sends is dropped; its timers still run."""
@@ -124,8 +143,9 @@ class SimNode:
 class SimNetwork:
     def __init__(self, seed: int = 0, latency: tuple[float, float] = DEFAULT_LATENCY,
                  loss: float = 0.0) -> None:
-        """Every engine gets its own generator seeded from `seed`, so a seed replays the
-        same run whatever the process's `random` module does."""
+        """Every engine draws from the network's one generator, seeded from `seed`, so a
+        seed replays the same run whatever the process's `random` module does (one
+        generator per engine would cost 2.5 KB each)."""
         if not 0.0 <= loss <= 1.0:
             raise ValueError("loss is a probability")
         if latency[0] < 0 or latency[1] < latency[0]:
@@ -136,6 +156,8 @@ class SimNetwork:
         self.now = 0.0
         self.nodes: list[SimNode] = []
         self.by_addr: dict[Addr, SimNode] = {}
+        self.by_id: dict[InfoHash, SimNode] = {}
+        self._interner = self._intern      # one bound method for every table
         self.stats: Counter[str] = Counter()
         self.in_flight = 0
         self.max_steps = MAX_STEPS
@@ -154,13 +176,25 @@ class SimNetwork:
         engine_kwargs.setdefault("families", (4,))
         engine_kwargs.setdefault("node_id", InfoHash(self.rng.randbytes(HASH_LEN)))
         engine_kwargs["now"] = self.now
-        engine_kwargs.setdefault("rng", random.Random(self.rng.getrandbits(64)))
+        engine_kwargs.setdefault("rng", self.rng)
         engine = DhtEngine(**engine_kwargs)
+        for table in engine.tables.values():
+            table.intern = self._interner
         node = SimNode(self, index, addr, engine)
         self.nodes.append(node)
         self.by_addr[addr] = node
+        self.by_id[engine.id] = node
         self.flush(node)
         return node
+
+    def _intern(self, node_id: InfoHash, addr: Addr) -> tuple[InfoHash, Addr]:
+        """The node's own id and address objects, so that tables share them."""
+        node = self.by_id.get(node_id)
+        if node is not None:
+            node_id = node.engine.id
+            if addr == node.addr:
+                addr = node.addr
+        return node_id, addr
 
     def alive_nodes(self) -> list[SimNode]:
         return [n for n in self.nodes if n.alive]
@@ -218,7 +252,7 @@ class SimNetwork:
             heapq.heappush(self._heap, (when, next(self._seq), _TIMER, node, None, None))
 
     def _dispatch(self, node: SimNode, event: ev.Event) -> None:
-        node.events.append(event)
+        node._record(event)
         if isinstance(event, ev.GetValues):
             node.values.setdefault(event.op, []).extend(event.values)
         elif isinstance(event, ev.GetDone | ev.PutDone):
@@ -384,16 +418,34 @@ class SimNetwork:
 def build(n: int, seed: int = 0, *, latency: tuple[float, float] = DEFAULT_LATENCY,
           loss: float = 0.0, peers: int = 2, join_interval: float = 0.02,
           converge_timeout: float = 120.0, settle: float = 5.0, min_good: int = K,
-          **engine_kwargs) -> SimNetwork:
-    """n nodes, each bootstrapping to up to `peers` random earlier nodes as it joins
-    (one every `join_interval` sim seconds), then run until every node is connected with
-    `min_good` good nodes (checked each sim second, at most `converge_timeout` s after
-    the last join) plus `settle` seconds. `sim.converged_at` is when that held (None: never)."""
+          join: str = "protocol", **engine_kwargs) -> SimNetwork:
+    """n nodes on a new network.
+
+    join="protocol": each node bootstraps to up to `peers` random earlier nodes as it
+    joins (one every `join_interval` sim seconds), then the network runs until every node
+    is connected with `min_good` good nodes (checked each sim second, at most
+    `converge_timeout` s after the last join) plus `settle` seconds. `sim.converged_at`
+    is when that held (None: never).
+
+    join="direct": every node is added at once and its routing table filled from the
+    global view (`fill_tables`), as if the network had converged: no datagram is sent,
+    so n = 10,000 builds in seconds. The engines have not yet seen a reply: the first
+    one each gets starts its own neighbourhood search, as after a real bootstrap. Then
+    `settle` seconds run."""
+    if join not in ("protocol", "direct"):
+        raise ValueError("join is 'protocol' or 'direct'")
     sim = SimNetwork(seed, latency, loss)
+    if join == "direct":
+        for _ in range(n):
+            sim.add_node(**engine_kwargs)
+        fill_tables(sim)
+        sim.converged_at = sim.now
+        sim.run(settle)
+        return sim
     for i in range(n):
         node = sim.add_node(**engine_kwargs)
         if i:
-            sim.bootstrap(node, sim.rng.sample(sim.nodes[:i], min(i, peers)))
+            sim.bootstrap(node, [sim.nodes[j] for j in sim.rng.sample(range(i), min(i, peers))])
         if join_interval:
             sim.run(join_interval)
     deadline = sim.now + converge_timeout
@@ -404,6 +456,58 @@ def build(n: int, seed: int = 0, *, latency: tuple[float, float] = DEFAULT_LATEN
             break
     sim.run(settle)
     return sim
+
+
+def fill_tables(sim: SimNetwork, nodes: list[SimNode] | None = None) -> None:
+    """Fill each node's routing table (of its address family) with what a converged
+    Kademlia table holds: for every bucket on the path to its own id, K + 1 live nodes of
+    that bucket's range (K in the bucket, one cached spare) or all of them, each as if it
+    had just replied. Its K closest nodes are among them (its own search found them, and
+    they queried it); the rest of each range is picked at random. Only live nodes are
+    used; `nodes` (default: every live node) are the ones filled."""
+    alive = sorted((n for n in sim.nodes if n.alive), key=lambda n: n.id.int)
+    ints = [n.id.int for n in alive]
+    rng, now = sim.rng, sim.now
+    for node in alive if nodes is None else nodes:
+        table = node.engine.tables[family_of(node.addr)]
+        for i in _table_view(ints, node.id.int, rng):
+            other = alive[i]
+            if other is not node:
+                table.update(other.engine.id, other.addr, now, 2)
+        node.connected = True
+
+
+def _table_view(ints: list[int], me: int, rng: random.Random) -> list[int]:
+    """Indexes (into the sorted ids) of what a converged table of `me` holds, farthest
+    bucket first."""
+    ranges: list[tuple[int, int]] = []      # the range of each bucket on the path to me
+    lo, hi, base = 0, len(ints), 0
+    for depth in range(8 * HASH_LEN):
+        if hi - lo <= K + 2:                # me and at most K + 1 others left: all of them
+            break
+        bit = 1 << (8 * HASH_LEN - 1 - depth)
+        mid = bisect_left(ints, base + bit, lo, hi)
+        if me & bit:
+            ranges.append((lo, mid))
+            lo, base = mid, base + bit
+        else:
+            ranges.append((mid, hi))
+            hi = mid
+    # The K closest: the last range's nodes, then the nearest of the deepest buckets.
+    need = K - (hi - lo - 1)
+    picks: list[list[int]] = [[] for _ in ranges]
+    for level in range(len(ranges) - 1, -1, -1):
+        if need <= 0:
+            break
+        a, b = ranges[level]
+        picks[level] = heapq.nsmallest(need, range(a, b), key=lambda i: ints[i] ^ me)
+        need -= len(picks[level])
+    out: list[int] = []
+    for (a, b), chosen in zip(ranges, picks, strict=True):
+        # the closest first: the (K + 1)th of a range is only cached
+        others = range(a, b) if b - a <= K + 1 else rng.sample(range(a, b), K + 1)
+        out += chosen + [i for i in others if i not in chosen][:K + 1 - len(chosen)]
+    return out + list(range(lo, hi))
 
 
 def summarize(samples: Iterable[float]) -> dict[str, float]:

@@ -10,11 +10,11 @@ shape timing, come from the engine's generator so a simulation replays.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import random
 import struct
 
+from .digests import sha256
 from .messages import address_bytes
 
 TOKEN_SIZE = 32
@@ -32,7 +32,7 @@ class Tokens:
     @functools.lru_cache(maxsize=4096)
     def _make(secret: bytes, addr: tuple[str, int]) -> bytes:
         """Every get/find reply carries one: cached per (secret, address)."""
-        return hashlib.sha256(secret + address_bytes(addr[0]) + struct.pack("!H", addr[1])).digest()
+        return sha256(secret + address_bytes(addr[0]) + struct.pack("!H", addr[1])).digest()
 
     def make(self, addr: tuple[str, int]) -> bytes:
         return self._make(self.secret, addr)

@@ -7,12 +7,13 @@ shortest integers, str for keys and utype, bin for every byte string.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
+
+from .digests import sha1
 
 MAX_VALUE_SIZE = 64 * 1024
 MAX_SEQ = 0xFFFF
@@ -69,6 +70,8 @@ class Value:
     cypher: bytes | None = None      # set instead of every clear field when encrypted
     priority: int = 0
     push_type: str | None = None     # HEAD's "pt", forwarded untouched
+    # packb(self), kept once made (not a field): a stored value goes out in every get reply
+    _packed: ClassVar[bytes | None] = None
 
     @property
     def is_signed(self) -> bool:
@@ -142,7 +145,13 @@ def pack(v: Value) -> dict[str, Any]:
 
 
 def packb(v: Value) -> bytes:
-    return msgpack.packb(pack(v), use_bin_type=True)
+    """msgpack of pack(v), made once per Value: a Value is immutable, and a stored one is
+    packed for every reply that carries it."""
+    data = v._packed
+    if data is None:
+        data = msgpack.packb(pack(v), use_bin_type=True)
+        object.__setattr__(v, "_packed", data)     # a cache, not a field: frozen is kept
+    return data
 
 
 # --- decoding ------------------------------------------------------------------------------
@@ -247,7 +256,7 @@ class Query:
             if fid == FIELD_UTYPE and v.utype.encode() != want:
                 return False
             if fid == FIELD_OWNER:     # the owner's key id: SHA-1 of its DER key
-                if v.owner is None or hashlib.sha1(bytes(v.owner)).digest() != want:
+                if v.owner is None or sha1(bytes(v.owner)).digest() != want:
                     return False
         return True
 
