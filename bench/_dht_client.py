@@ -27,6 +27,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 GET_TIMEOUT = 15.0      # ours; OpenDHT's blocking calls end on their own (search expiry)
 JOIN_TIMEOUT = 10.0
@@ -43,7 +44,7 @@ def reply(obj: dict) -> None:
 def opendht_main(port: int) -> int:
     import opendht  # python3-opendht, /usr/bin/python3 only
 
-    def start(boot: int) -> tuple[object, float]:
+    def start(boot: int) -> tuple[Any, float]:
         node = opendht.DhtRunner()
         node.run(port=0, ipv4="127.0.0.1")
         t0 = time.perf_counter()

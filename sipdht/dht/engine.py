@@ -23,7 +23,7 @@ import itertools
 import logging
 import random
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,7 @@ from .messages import (
 from .proofs import AddressProofs
 from .ratelimit import QueryLimits
 from .routing import MAX_FAILURES, K, Node, RoutingTable
+from .rtt import RttEstimate, rto, updated
 from .search import (
     FETCH_IN_FLIGHT,
     LISTEN_NODES,
@@ -67,7 +68,7 @@ from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, type_expirati
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-FIRST_TIMEOUT = 0.5
+FIRST_TIMEOUT = 0.5             # a node and an engine that measured no RTT yet (rtt.RTO_MAX)
 LISTEN_REFRESH = 20.0          # LISTEN_EXPIRE_TIME - REANNOUNCE_MARGIN
 REANNOUNCE_MARGIN = 10.0
 HOUSEKEEPING = 2.0
@@ -137,8 +138,10 @@ class Request:
     on_error: Callable[[Message, float], None] | None = None
     on_retry: Callable[[float], None] | None = None
     attempts: int = 1
-    wait: float = FIRST_TIMEOUT
+    wait: float = FIRST_TIMEOUT     # until the next attempt: the node's RTO, then backing off
     done: bool = False
+    sent: float = 0.0               # first attempt: an RTT sample if it is answered
+    timer: Timer | None = None      # the next timeout, cancelled by the reply
 
 
 @dataclass(eq=False)
@@ -194,6 +197,7 @@ class DhtEngine:
         self._rx_bytes = 0
         self._challenged: dict[Addr, float] = {}     # unproven sources we pinged, and when
         self._unreachable: dict[Addr, float] = {}    # address -> until when searches skip it
+        self._rtt = RttEstimate()       # over all nodes: the RTO of a node never measured
         self.reassembler = Reassembler()
         self.stats: Counter[str] = Counter()
         self.searches: dict[int, dict[InfoHash, Search]] = {4: {}, 6: {}}
@@ -372,11 +376,12 @@ class DhtEngine:
             args["values"], packed = split_values(values)
         datagrams = [encode_query(name, tid, args, self.network, self.client_only)]
         datagrams += fragment_datagrams(tid, packed, self.network)
-        req = Request(tid, addr, node, datagrams, on_reply, on_expire, on_error, on_retry)
+        req = Request(tid, addr, node, datagrams, on_reply, on_expire, on_error, on_retry,
+                      wait=self._rto(node), sent=now)
         self.requests[tid] = req
         for d in datagrams:
             self._send(d, addr)
-        self._at(now + req.wait, lambda t: self._request_timeout(req, t))
+        req.timer = self._at(now + req.wait, lambda t: self._request_timeout(req, t))
         return req
 
     def _request_timeout(self, req: Request, now: float) -> None:
@@ -386,10 +391,13 @@ class DhtEngine:
             if req.attempts == 1:
                 self._mark_unreachable(req.addr, now, SUSPECT_TIME)
             req.attempts += 1
-            req.wait = req.wait * 2 + self.rng.uniform(0, 0.25)
+            # Searches moved on at the first timeout (the RTO); declaring the node dead
+            # stays as slow as before (~3.5 s over three attempts): a far node that a
+            # near node's estimate underrates is retried, not written off.
+            req.wait = max(req.wait, FIRST_TIMEOUT) * 2 + self.rng.uniform(0, 0.25)
             for d in req.datagrams:
                 self._send(d, req.addr)
-            self._at(now + req.wait, lambda t: self._request_timeout(req, t))
+            req.timer = self._at(now + req.wait, lambda t: self._request_timeout(req, t))
             if req.on_retry is not None:
                 req.on_retry(now)
             return
@@ -400,6 +408,22 @@ class DhtEngine:
         if req.node is not None:
             req.node.failures = MAX_FAILURES
         req.on_expire(now)
+
+    def _rto(self, node: Node | None) -> float:
+        """How long to wait for this node before moving on (and sending again): its own
+        estimate, else the engine's over all nodes, else FIRST_TIMEOUT."""
+        if node is not None and node.rtt > 0:
+            return rto(node.rtt, node.rtt_var)
+        return self._rtt.rto()
+
+    def _rtt_sample(self, req: Request, node: Node | None, now: float) -> None:
+        """Time the round trip from the first attempt. After a retransmission that is an
+        upper bound (Karn would drop it): dropping it would leave a node slower than its
+        RTO never measured, and retried at every request."""
+        sample = now - req.sent
+        self._rtt.sample(sample)
+        for n in {id(x): x for x in (req.node, node) if x is not None}.values():
+            n.rtt, n.rtt_var = updated(n.rtt, n.rtt_var, sample)
 
     def _admit(self, msg: Message, addr: Addr, now: float) -> bool:
         """Before any reassembly work, as OpenDHT does: a query, or a fragment that would
@@ -527,14 +551,16 @@ class DhtEngine:
         self.stats[f"error_sent_{code}"] += 1
         self._send(encode_error(msg.tid, code, text, self.id, self.network), addr)
 
-    def _learn(self, msg: Message, addr: Addr, now: float) -> list[Node]:
+    def _learn(self, msg: Message, addr: Addr, now: float,
+               skip: Container[bytes] = ()) -> list[Node]:
         """Insert the nodes a reply lists; loopback entries from a remote sender use its IP.
-        The only path by which gossiped nodes enter the table: one set of checks."""
+        The only path by which gossiped nodes enter the table: one set of checks. Ids in
+        `skip` (a search's nodes, learnt before) are passed over."""
         learnt = []
         sender_loopback = _is_loopback(addr[0])
         for fam, entries in ((4, msg.n4), (6, msg.n6)):
             for nid, naddr in entries:
-                if nid == self.id or is_martian(naddr):
+                if nid == self.id or nid in skip or is_martian(naddr):
                     continue
                 if _is_loopback(naddr[0]) and not sender_loopback:
                     if family_of(addr) != fam:
@@ -812,12 +838,15 @@ class DhtEngine:
 
     def _finish_request(self, req: Request, msg: Message, addr: Addr, now: float) -> None:
         req.done = True
+        if req.timer is not None:
+            req.timer.cancelled = True      # no wake-up for a request already answered
         del self.requests[req.tid]
         self._proven(addr, now)          # it echoed a tid we sent to that address
         self._unreachable.pop(addr, None)
         if msg.client or msg.id is None:
             return
         node = self.tables[family_of(addr)].update(msg.id, addr, now, 2)
+        self._rtt_sample(req, node, now)
         if req.node is None:
             req.node = node
         elif node is not None and node is not req.node:
@@ -916,20 +945,24 @@ class DhtEngine:
                 if not sn.failed and not sn.pending:
                     sn.slow = False
             live = search.live()
-        inflight = search.in_flight()
+        # A node past its first timeout no longer holds a slot (OpenDHT's "candidate"). A
+        # node that answered us before (its RTT is known) is asked at once, up to the
+        # replication set: only strangers are explored MAX_IN_FLIGHT at a time.
+        solicited = search.solicited()
         newest_get = max((op.started for op in search.gets), default=float("-inf"))
         for sn in live[:TARGET_NODES]:
-            if inflight >= MAX_IN_FLIGHT:
-                break
-            if not sn.pending and (not sn.synced(now) or sn.last_get < newest_get):
+            if sn.pending or (sn.synced(now) and sn.last_get >= newest_get):
+                continue
+            if solicited < (TARGET_NODES if sn.node.rtt > 0 else MAX_IN_FLIGHT):
                 self._send_get(search, sn, now)
-                inflight += 1
+                solicited += 1
         self._pump_fetches(search, newest_get, now)
         self._write_early(search, live, now)
         synced = search.synced_nodes(now)
         if synced is not None:
             self._synced(search, synced, now)
-        elif not live and inflight == 0 and not any(sn.put_pending for sn in search.nodes):
+        elif not live and not search.in_flight() and not any(sn.put_pending
+                                                                for sn in search.nodes):
             self._search_failed(search)     # a put still retrying may yet be acknowledged
 
     def _write_early(self, search: Search, live: list[SearchNode], now: float) -> None:
@@ -984,9 +1017,11 @@ class DhtEngine:
         sn.slow = False
         if msg.token:
             sn.token, sn.last_reply = msg.token, now
-        for node in self._learn(msg, sn.node.addr, now):
-            if family_of(node.addr) == search.family and self._reachable(node, now):
-                search.insert(node, sn.depth + 1)
+        if msg.n4 or msg.n6:
+            known = {x.node.id for x in search.nodes}
+            for node in self._learn(msg, sn.node.addr, now, known):
+                if family_of(node.addr) == search.family and self._reachable(node, now):
+                    search.insert(node, sn.depth + 1)
         if msg.fields is not None:
             self._listed(search, sn, msg.fields)
         if msg.values:      # a server that ignored the select: these are the values

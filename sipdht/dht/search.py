@@ -129,6 +129,10 @@ class Search:
     def in_flight(self) -> int:
         return sum(1 for sn in self.nodes if sn.pending)
 
+    def solicited(self) -> int:
+        """Requests out that the search still waits for: not those past a first timeout."""
+        return sum(1 for sn in self.nodes if sn.pending and not sn.slow)
+
     def fetches_busy(self, since: float) -> bool:
         """A value fetch is out or still to send for the gets started at `since`."""
         return any(f.pending or f.wanted(since) for f in self.fetches.values())
