@@ -68,6 +68,7 @@ from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, type_expirati
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+INLINE_VALUES = 16              # an inline get reply this full may have been capped
 FIRST_TIMEOUT = 0.5             # a node and an engine that measured no RTT yet (rtt.RTO_MAX)
 LISTEN_REFRESH = 20.0          # LISTEN_EXPIRE_TIME - REANNOUNCE_MARGIN
 REANNOUNCE_MARGIN = 10.0
@@ -933,11 +934,10 @@ class DhtEngine:
             search.insert(node)
 
     def _step(self, search: Search, now: float) -> None:
-        for sn in search.nodes:   # timing out elsewhere: not waited on (slow) until it answers
-            if not sn.failed and not sn.pending:
-                sn.slow = not self._reachable(sn.node, now)
-        self._refill(search, now)
-        live = search.live()
+        live = self._live(search, now)
+        if len(live) < TARGET_NODES:
+            self._refill(search, now)
+            live = self._live(search, now)
         if not live and not search.in_flight():
             # nothing else to ask: suspects are skipped only while others are available
             self._refill(search, now, skip_suspects=False)
@@ -948,22 +948,49 @@ class DhtEngine:
         # A node past its first timeout no longer holds a slot (OpenDHT's "candidate"). A
         # node that answered us before (its RTT is known) is asked at once, up to the
         # replication set: only strangers are explored MAX_IN_FLIGHT at a time.
+        first = live[:TARGET_NODES]
         solicited = search.solicited()
         newest_get = max((op.started for op in search.gets), default=float("-inf"))
-        for sn in live[:TARGET_NODES]:
+        for sn in first:
             if sn.pending or (sn.synced(now) and sn.last_get >= newest_get):
                 continue
             if solicited < (TARGET_NODES if sn.node.rtt > 0 else MAX_IN_FLIGHT):
-                self._send_get(search, sn, now)
+                inline = self._inline(search, sn, newest_get)
+                self._send_get(search, sn, now, inline)
                 solicited += 1
-        self._pump_fetches(search, newest_get, now)
-        self._write_early(search, live, now)
-        synced = search.synced_nodes(now)
-        if synced is not None:
-            self._synced(search, synced, now)
+        if search.gets and search.fetches:
+            self._pump_fetches(search, newest_get, now)
+        if search.puts or search.listens:
+            self._write_early(search, live, now)
+        if first and all(sn.synced(now) for sn in first):
+            self._synced(search, first, now)
         elif not live and not search.in_flight() and not any(sn.put_pending
                                                                 for sn in search.nodes):
             self._search_failed(search)     # a put still retrying may yet be acknowledged
+
+    def _inline(self, search: Search, sn: SearchNode, newest_get: float) -> bool:
+        """Ask this node for the values whole? Once per get, a node that answered us
+        before: it has pinged this full node back, so it sends values without first
+        proving our address (a client-only node is never pinged: it lists ids first)."""
+        if self.client_only or search.inline_at >= newest_get or sn.node.rtt <= 0:
+            return False
+        search.inline_at, search.inline = newest_get, sn
+        return True
+
+    def _live(self, search: Search, now: float) -> list[SearchNode]:
+        """search.live() after updating who is slow: a node timing out in another search
+        is not waited on here either, until it answers."""
+        unreachable = self._unreachable
+        live = []
+        for sn in search.nodes:
+            if sn.failed:
+                continue
+            if not sn.pending:
+                sn.slow = bool(unreachable) and sn.node.addr in unreachable \
+                    and not self._reachable(sn.node, now)
+            if not sn.slow:
+                live.append(sn)
+        return live
 
     def _write_early(self, search: Search, live: list[SearchNode], now: float) -> None:
         """Put and listen on each close node as soon as it has given us a token, without
@@ -980,11 +1007,19 @@ class DhtEngine:
                 if sn.synced(now) and sn.listen_sid is None and not sn.listen_pending:
                     self._send_listen(search, sn, now)
 
-    def _send_get(self, search: Search, sn: SearchNode, now: float) -> None:
+    def _send_get(self, search: Search, sn: SearchNode, now: float, inline: bool = False) -> None:
+        """`inline`: ask for the values themselves, not their ids (one node per get: the
+        values a small key holds then need no fetch, and a key stuffed with junk costs
+        one capped reply before the paging below takes over)."""
         sn.pending = True
         want = [AF_INET, AF_INET6] if len(self.families) > 1 else (
             [AF_INET] if self.families == (4,) else [AF_INET6])
-        if search.gets:      # ids first; values are then fetched by id (_pump_fetches)
+        if search.gets and inline:
+            where = self._common_where(search)
+            name, args = "get", {"h": search.target, "w": want}
+            if where:
+                args["q"] = Query((), where).pack()
+        elif search.gets:    # ids first; values are then fetched by id (_pump_fetches)
             q = Query(ID_SEQ, self._common_where(search))
             name, args = "get", {"h": search.target, "w": want, "q": q.pack()}
         else:                # puts and listens only need a token: no values come back
@@ -995,9 +1030,9 @@ class DhtEngine:
             if msg.kind == "e":
                 sn.failed = True
             else:
-                if name == "get":
-                    sn.last_get = now
-                self._search_reply(search, sn, msg, t)
+                if name == "get" and not (inline and len(msg.values) >= INLINE_VALUES):
+                    sn.last_get = now       # else maybe capped: listed by id next
+                self._search_reply(search, sn, msg, t, now)
             self._step(search, t)
 
         def on_expire(t: float) -> None:
@@ -1013,7 +1048,8 @@ class DhtEngine:
             sn.slow = True
             self._step(search, now)
 
-    def _search_reply(self, search: Search, sn: SearchNode, msg: Message, now: float) -> None:
+    def _search_reply(self, search: Search, sn: SearchNode, msg: Message, now: float,
+                      sent: float) -> None:
         sn.slow = False
         if msg.token:
             sn.token, sn.last_reply = msg.token, now
@@ -1024,14 +1060,27 @@ class DhtEngine:
                     search.insert(node, sn.depth + 1)
         if msg.fields is not None:
             self._listed(search, sn, msg.fields)
-        if msg.values:      # a server that ignored the select: these are the values
+        if msg.values:      # asked inline, or a server that ignored the select
             self._found_values(search, msg.values)
+            self._fetched(search, msg.values, sent)
 
     def _found_values(self, search: Search, values: list[Value]) -> None:
         for op in search.gets:
             self._deliver_get(op, values)
         for op in search.listens:
             self._listen_values(op, "add", values)
+
+    def _fetched(self, search: Search, values: list[Value], sent: float) -> None:
+        """Values that came whole need no fetch by id for the gets started before `sent`."""
+        if not search.gets:
+            return
+        for v in values:
+            fetch = search.fetches.get((v.id, v.seq))
+            if fetch is None:
+                if len(search.fetches) >= MAX_FETCHES:
+                    continue
+                fetch = search.fetches[(v.id, v.seq)] = Fetch(v.id, v.seq)
+            fetch.fetched = max(fetch.fetched, sent)
 
     @staticmethod
     def _common_where(search: Search) -> tuple:
@@ -1063,6 +1112,9 @@ class DhtEngine:
         """Fetch by id what the gets still miss, FETCH_IN_FLIGHT at a time."""
         if not search.gets or not search.fetches:
             return
+        asked = search.inline
+        if asked is not None and asked.pending and not asked.slow:
+            return      # what it sends whole is not fetched again
         inflight = sum(1 for f in search.fetches.values() if f.pending)
         for fetch in search.fetches.values():
             if inflight >= FETCH_IN_FLIGHT:

@@ -81,6 +81,8 @@ class Search:
     listens: list[Any] = field(default_factory=list)
     last_used: float = 0.0
     fetches: dict[tuple[int, int], Fetch] = field(default_factory=dict)
+    inline_at: float = float("-inf")    # newest get whose values were asked for whole
+    inline: SearchNode | None = None    # the node asked for them
 
     @property
     def busy(self) -> bool:
@@ -136,10 +138,3 @@ class Search:
     def fetches_busy(self, since: float) -> bool:
         """A value fetch is out or still to send for the gets started at `since`."""
         return any(f.pending or f.wanted(since) for f in self.fetches.values())
-
-    def synced_nodes(self, now: float, count: int = TARGET_NODES) -> list[SearchNode] | None:
-        """The `count` closest live nodes if all are synced, else None."""
-        first = self.live()[:TARGET_NODES]
-        if not first or not all(sn.synced(now) for sn in first):
-            return None
-        return first[:count]
