@@ -1014,6 +1014,7 @@ class DhtEngine:
         sn.pending = True
         want = [AF_INET, AF_INET6] if len(self.families) > 1 else (
             [AF_INET] if self.families == (4,) else [AF_INET6])
+        args: dict[str, Any]
         if search.gets and inline:
             where = self._common_where(search)
             name, args = "get", {"h": search.target, "w": want}
