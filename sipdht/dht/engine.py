@@ -947,17 +947,20 @@ class DhtEngine:
             live = search.live()
         # A node past its first timeout no longer holds a slot (OpenDHT's "candidate"). A
         # node that answered us before (its RTT is known) is asked at once, up to the
-        # replication set: only strangers are explored MAX_IN_FLIGHT at a time.
+        # replication set; strangers are explored MAX_IN_FLIGHT at a time besides.
         first = live[:TARGET_NODES]
-        solicited = search.solicited()
+        known, strangers = search.solicited()
         newest_get = max((op.started for op in search.gets), default=float("-inf"))
         for sn in first:
             if sn.pending or (sn.synced(now) and sn.last_get >= newest_get):
                 continue
-            if solicited < (TARGET_NODES if sn.node.rtt > 0 else MAX_IN_FLIGHT):
-                inline = self._inline(search, sn, newest_get)
-                self._send_get(search, sn, now, inline)
-                solicited += 1
+            if sn.node.rtt > 0 and known < TARGET_NODES:
+                known += 1
+            elif sn.node.rtt <= 0 and strangers < MAX_IN_FLIGHT:
+                strangers += 1
+            else:
+                continue
+            self._send_get(search, sn, now, self._inline(search, sn, newest_get))
         if search.gets and search.fetches:
             self._pump_fetches(search, newest_get, now)
         if search.puts or search.listens:

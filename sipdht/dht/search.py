@@ -131,9 +131,17 @@ class Search:
     def in_flight(self) -> int:
         return sum(1 for sn in self.nodes if sn.pending)
 
-    def solicited(self) -> int:
-        """Requests out that the search still waits for: not those past a first timeout."""
-        return sum(1 for sn in self.nodes if sn.pending and not sn.slow)
+    def solicited(self) -> tuple[int, int]:
+        """Requests out that the search still waits for (not those past a first timeout):
+        to nodes that answered us before, and to strangers."""
+        known = strangers = 0
+        for sn in self.nodes:
+            if sn.pending and not sn.slow:
+                if sn.node.rtt > 0:
+                    known += 1
+                else:
+                    strangers += 1
+        return known, strangers
 
     def fetches_busy(self, since: float) -> bool:
         """A value fetch is out or still to send for the gets started at `since`."""
