@@ -69,6 +69,10 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 INLINE_VALUES = 16              # an inline get reply this full may have been capped
+# A write token is bound to our address, not to a key; OpenDHT and sipdht accept one for
+# 15-45 min (current and previous secret). Reused across searches for this long:
+TOKEN_REUSE = 300.0
+MAX_TOKENS_SEEN = 4096
 FIRST_TIMEOUT = 0.5             # a node and an engine that measured no RTT yet (rtt.RTO_MAX)
 LISTEN_REFRESH = 20.0          # LISTEN_EXPIRE_TIME - REANNOUNCE_MARGIN
 REANNOUNCE_MARGIN = 10.0
@@ -199,6 +203,7 @@ class DhtEngine:
         self._challenged: dict[Addr, float] = {}     # unproven sources we pinged, and when
         self._unreachable: dict[Addr, float] = {}    # address -> until when searches skip it
         self._rtt = RttEstimate()       # over all nodes: the RTO of a node never measured
+        self._tokens_seen: dict[Addr, tuple[bytes, float]] = {}    # write tokens, when given
         self.reassembler = Reassembler()
         self.stats: Counter[str] = Counter()
         self.searches: dict[int, dict[InfoHash, Search]] = {4: {}, 6: {}}
@@ -1000,11 +1005,14 @@ class DhtEngine:
         waiting for the whole search to sync: a listener then hears a new value at once.
         Completion is still judged on the synced set."""
         for sn in live[:TARGET_NODES]:
-            if not sn.synced(now):
+            # A token is bound to our address, not to a key: one from a recent search lets
+            # the put go out with the find instead of after its reply.
+            cached = None if sn.synced(now) else self._reusable_token(sn.node.addr, now)
+            if cached is None and not sn.synced(now):
                 continue
             for op in search.puts:
                 if op.id not in sn.acked and op.id not in sn.put_pending:
-                    self._send_put(search, sn, op, now)
+                    self._send_put(search, sn, op, now, cached)
         if search.listens:
             for sn in live[:LISTEN_NODES]:
                 if sn.synced(now) and sn.listen_sid is None and not sn.listen_pending:
@@ -1057,6 +1065,7 @@ class DhtEngine:
         sn.slow = False
         if msg.token:
             sn.token, sn.last_reply = msg.token, now
+            self._note_token(sn.node.addr, msg.token, now)
         if msg.n4 or msg.n6:
             known = {x.node.id for x in search.nodes}
             for node in self._learn(msg, sn.node.addr, now, known):
@@ -1073,6 +1082,18 @@ class DhtEngine:
             self._deliver_get(op, values)
         for op in search.listens:
             self._listen_values(op, "add", values)
+
+    def _note_token(self, addr: Addr, token: bytes, now: float) -> None:
+        """Remember a node's write token for other searches (bounded, oldest out first)."""
+        seen = self._tokens_seen
+        seen.pop(addr, None)
+        if len(seen) >= MAX_TOKENS_SEEN:
+            del seen[next(iter(seen))]
+        seen[addr] = (token, now)
+
+    def _reusable_token(self, addr: Addr, now: float) -> bytes | None:
+        entry = self._tokens_seen.get(addr)
+        return entry[0] if entry is not None and now - entry[1] < TOKEN_REUSE else None
 
     def _fetched(self, search: Search, values: list[Value], sent: float) -> None:
         """Values that came whole need no fetch by id for the gets started before `sent`."""
@@ -1188,14 +1209,18 @@ class DhtEngine:
 
     # --- put and listen on the closest nodes ----------------------------------------------
 
-    def _send_put(self, search: Search, sn: SearchNode, op: PutOp, now: float) -> None:
+    def _send_put(self, search: Search, sn: SearchNode, op: PutOp, now: float,
+                  token: bytes | None = None) -> None:
+        """`token`: one the node gave us in another search (not yet synced here)."""
         tag = op.id   # per put operation: a new put of the same value id is sent again
         sn.put_pending.add(tag)
 
         def on_reply(msg: Message, t: float) -> None:
             sn.put_pending.discard(tag)
             if msg.kind == "e":
-                if msg.error and msg.error[0] == UNAUTHORIZED:
+                if msg.error and msg.error[0] == UNAUTHORIZED and token is not None:
+                    self._tokens_seen.pop(sn.node.addr, None)   # sent again once synced
+                elif msg.error and msg.error[0] == UNAUTHORIZED:
                     sn.forget_token()
                 else:
                     sn.failed = True
@@ -1210,7 +1235,7 @@ class DhtEngine:
             sn.failed = True
             self._step(search, t)
 
-        self._request(sn.node.addr, sn.node, "put", {"h": search.target, "token": sn.token},
+        self._request(sn.node.addr, sn.node, "put", {"h": search.target, "token": token or sn.token},
                       now, on_reply, on_expire, values=[op.value],
                       on_retry=lambda t: self._slow(search, sn, t))
 

@@ -158,3 +158,30 @@ def test_four_silent_nodes_do_not_hold_the_search_slots_until_they_expire() -> N
     done_at, got = run_until_done(net, cli, op, T0, drop=lambda src, d, dst: dst in dead)
     assert [x.ok for x in got if isinstance(x, ev.GetDone)] == [True]
     assert done_at - T0 < 2 * RTO_MIN + 0.02
+
+
+def test_a_put_goes_out_with_the_find_when_the_node_gave_us_a_token_before() -> None:
+    """A write token is bound to our address, not to a key: a put to another key need not
+    wait a round trip for a fresh one (a put with a stale one is answered 401 and sent
+    again once the search has synced)."""
+    net, cli, servers = star(4)
+    op = cli.get(H, T0)
+    run_until_done(net, cli, op, T0, drop=lambda src, d, dst: False)
+    other = InfoHash.get("sip:bob@example.org")
+    op = cli.put(other, Value(id=5, data=b"offer"), T0 + 1)
+    first = [o.obj.get("q") for o in drain(cli, T0 + 1, maintenance=True)]
+    assert first.count("put") == len(servers) and first.count("find") == len(servers)
+
+
+def test_a_put_with_a_token_the_node_no_longer_accepts_is_sent_again() -> None:
+    net, cli, servers = star(4)
+    op = cli.get(H, T0)
+    run_until_done(net, cli, op, T0, drop=lambda src, d, dst: False)
+    for s in servers:                                # two rotations: the old tokens are void
+        for _ in range(2):
+            s.tokens.rotate(T0 + 1)
+    other = InfoHash.get("sip:bob@example.org")
+    op = cli.put(other, Value(id=5, data=b"offer"), T0 + 1)
+    _, got = run_until_done(net, cli, op, T0 + 1, drop=lambda src, d, dst: False)
+    assert [x.stored for x in got if isinstance(x, ev.PutDone)] == [len(servers)]
+    assert all(s.storage.get(other, now=T0 + 1) for s in servers)
