@@ -9,7 +9,7 @@ import pytest
 from sipdht.dht import events as ev
 from sipdht.dht.engine import DhtEngine
 from sipdht.dht.infohash import InfoHash
-from sipdht.dht.messages import encode_reply
+from sipdht.dht.messages import decode, encode_reply
 from sipdht.dht.rtt import RTO_MAX, RTO_MIN, rto, updated
 from sipdht.dht.values import Value
 
@@ -185,3 +185,22 @@ def test_a_put_with_a_token_the_node_no_longer_accepts_is_sent_again() -> None:
     _, got = run_until_done(net, cli, op, T0 + 1, drop=lambda src, d, dst: False)
     assert [x.stored for x in got if isinstance(x, ev.PutDone)] == [len(servers)]
     assert all(s.storage.get(other, now=T0 + 1) for s in servers)
+
+
+def test_a_get_from_known_nodes_needs_no_fetch_by_id_for_a_small_key() -> None:
+    """The closest node that answered us before is asked for the values whole; the others
+    list ids, which are then not fetched again: one request per node, no extra round."""
+    net, cli, servers = star(6)
+    value = Value(id=8, data=b"contact")
+    for s in servers:
+        s.storage.store(H, value, T0)
+    op = cli.get(H, T0)
+    run_until_done(net, cli, op, T0, drop=lambda src, d, dst: False)
+    net.log.clear()
+    op = cli.get(H, T0 + 1)
+    _, got = run_until_done(net, cli, op, T0 + 1, drop=lambda src, d, dst: False)
+    assert [v for x in got if isinstance(x, ev.GetValues) for v in x.values] == [value]
+    asked = [decode(d) for src, dst, d in net.log if src == net.addr(cli)]
+    gets = [m for m in asked if m.query == "get"]
+    assert len(gets) == len(servers)                           # no fetch by id
+    assert sum(1 for m in gets if m.q is None or not m.q.select) == 1   # one asked whole
