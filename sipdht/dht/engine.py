@@ -68,12 +68,13 @@ from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, type_expirati
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+FIRST_TIMEOUT = 0.5             # a node and an engine that measured no RTT yet (rtt.RTO_MAX)
 INLINE_VALUES = 16              # an inline get reply this full may have been capped
 # A write token is bound to our address, not to a key; OpenDHT and sipdht accept one for
-# 15-45 min (current and previous secret). Reused across searches for this long:
+# 15-45 min (current and previous secret). Reused across searches for this long, from the
+# nodes of the most recent searches:
 TOKEN_REUSE = 300.0
-MAX_TOKENS_SEEN = 4096
-FIRST_TIMEOUT = 0.5             # a node and an engine that measured no RTT yet (rtt.RTO_MAX)
+MAX_TOKENS_SEEN = 512
 LISTEN_REFRESH = 20.0          # LISTEN_EXPIRE_TIME - REANNOUNCE_MARGIN
 REANNOUNCE_MARGIN = 10.0
 HOUSEKEEPING = 2.0
