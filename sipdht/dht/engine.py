@@ -952,18 +952,18 @@ class DhtEngine:
                     sn.slow = False
             live = search.live()
         # A node past its first timeout no longer holds a slot (OpenDHT's "candidate"). A
-        # node that answered us before (its RTT is known) is asked at once, up to the
-        # replication set; strangers are explored MAX_IN_FLIGHT at a time besides.
+        # node that answered this search before (a get again on a key) is asked at once, up
+        # to the replication set; a lookup explores MAX_IN_FLIGHT at a time besides.
         first = live[:TARGET_NODES]
-        known, strangers = search.solicited()
+        synced, exploring = search.solicited(now)
         newest_get = max((op.started for op in search.gets), default=float("-inf"))
         for sn in first:
             if sn.pending or (sn.synced(now) and sn.last_get >= newest_get):
                 continue
-            if sn.node.rtt > 0 and known < TARGET_NODES:
-                known += 1
-            elif sn.node.rtt <= 0 and strangers < MAX_IN_FLIGHT:
-                strangers += 1
+            if sn.synced(now) and synced < TARGET_NODES:
+                synced += 1
+            elif not sn.synced(now) and exploring < MAX_IN_FLIGHT:
+                exploring += 1
             else:
                 continue
             self._send_get(search, sn, now, self._inline(search, sn, newest_get))

@@ -131,17 +131,17 @@ class Search:
     def in_flight(self) -> int:
         return sum(1 for sn in self.nodes if sn.pending)
 
-    def solicited(self) -> tuple[int, int]:
+    def solicited(self, now: float) -> tuple[int, int]:
         """Requests out that the search still waits for (not those past a first timeout):
-        to nodes that answered us before, and to strangers."""
-        known = strangers = 0
+        to nodes synced in this search before, and to the others (the lookup)."""
+        synced = exploring = 0
         for sn in self.nodes:
             if sn.pending and not sn.slow:
-                if sn.node.rtt > 0:
-                    known += 1
+                if sn.synced(now):
+                    synced += 1
                 else:
-                    strangers += 1
-        return known, strangers
+                    exploring += 1
+        return synced, exploring
 
     def fetches_busy(self, since: float) -> bool:
         """A value fetch is out or still to send for the gets started at `since`."""
