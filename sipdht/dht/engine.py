@@ -395,8 +395,11 @@ class DhtEngine:
         if req.done:
             return
         if req.attempts < MAX_ATTEMPTS:
+            # This search moves on at the RTO; every search skips the address once it has
+            # been silent for FIRST_TIMEOUT, as before: a node behind a NAT or a busy one
+            # that answers a little late must not be shut out of the others' (a listen's).
             if req.attempts == 1:
-                self._mark_unreachable(req.addr, now, SUSPECT_TIME)
+                self._at(max(now, req.sent + FIRST_TIMEOUT), lambda t: self._suspect(req, t))
             req.attempts += 1
             # Searches moved on at the first timeout (the RTO); declaring the node dead
             # stays as slow as before (~3.5 s over three attempts): a far node that a
@@ -415,6 +418,10 @@ class DhtEngine:
         if req.node is not None:
             req.node.failures = MAX_FAILURES
         req.on_expire(now)
+
+    def _suspect(self, req: Request, now: float) -> None:
+        if not req.done:
+            self._mark_unreachable(req.addr, now, SUSPECT_TIME)
 
     def _rto(self, node: Node | None) -> float:
         """How long to wait for this node before moving on (and sending again): its own

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from sipdht.dht import events as ev
-from sipdht.dht.engine import DhtEngine
+from sipdht.dht.engine import FIRST_TIMEOUT, DhtEngine
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.messages import decode, encode_reply
 from sipdht.dht.rtt import RTO_MAX, RTO_MIN, rto, updated
@@ -116,7 +116,8 @@ def test_a_search_moves_on_from_a_silent_node_at_the_rto_of_the_network() -> Non
     assert [x.ok for x in got if isinstance(x, ev.GetDone)] == [True]
     assert [v.data for x in got if isinstance(x, ev.GetValues) for v in x.values] == [b"record"]
     assert done_at - T0 < 2 * RTO_MIN + 0.02       # was 0.5 s: the fixed first timeout
-    assert cli._unreachable.get(dead, 0) > done_at   # other searches skip it now
+    cli.handle_timer(T0 + FIRST_TIMEOUT)
+    assert cli._unreachable.get(dead, 0) > T0 + FIRST_TIMEOUT   # silent 0.5 s: all skip it
 
 
 def test_a_put_is_done_without_waiting_for_a_dead_storer() -> None:
@@ -138,6 +139,8 @@ def test_the_next_search_skips_the_dead_node_at_once() -> None:
     drop = lambda src, d, dst: dst == dead         # noqa: E731
     op = cli.get(H, T0)
     t1, _ = run_until_done(net, cli, op, T0, drop)
+    t1 = T0 + FIRST_TIMEOUT                          # silent that long: every search is told
+    cli.handle_timer(t1)
     other = InfoHash(bytes(ranked[0].id)[:19] + b"\x00")   # a key the dead node is closest to
     op = cli.get(other, t1)
     t2, got = run_until_done(net, cli, op, t1, drop, step=0.001)

@@ -11,6 +11,7 @@ import random
 
 import pytest
 
+from sipdht.dht.engine import FIRST_TIMEOUT
 from sipdht.dht.events import GetDone, PutDone
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.messages import decode
@@ -296,15 +297,14 @@ def test_searches_do_not_wait_again_on_a_node_that_timed_out():
         start = sim.now
         sim.get(node, key, timeout=60)
         latencies.append(sim.now - start)
-    # a request is up to 3 datagrams with one tid; a new request sent after the address
-    # timed out once (its first retry) and within a minute is a re-wait (one sent before
-    # that, by a search that started meanwhile, knew nothing yet)
+    # a request is up to 3 datagrams with one tid; a new request sent once the address has
+    # been silent for FIRST_TIMEOUT (when every search is told) and within a minute is a
+    # re-wait (one sent before that, by a search that started meanwhile, knew nothing yet)
     rewaited = {}
     for a, sends in asked.items():
-        first_tid = sends[0][1]
-        retries = [t for t, tid in sends if tid == first_tid][1:]
         started = {tid: t for t, tid in reversed(sends)}       # each request's first send
-        if retries and any(retries[0] < t < retries[0] + 60 for t in started.values()):
+        known = sends[0][0] + FIRST_TIMEOUT
+        if any(known < t < known + 60 for t in started.values()):
             rewaited[a] = sends
     print(f"\nget latency after 30% churn: first 10 {summarize(latencies[:10])['median']:.3f}s, "
           f"last 20 {summarize(latencies[10:])['median']:.3f}s; dead addresses asked "
