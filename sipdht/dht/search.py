@@ -101,9 +101,10 @@ class Search:
         keys = [x.distance for x in self.nodes]
         pos = bisect.bisect(keys, sn.distance)
         full = len(self.nodes) >= SEARCH_NODES
-        # A farther node still gets in when it can replace a failed one: silent nodes close
-        # to the key (strangers that once queried us) must not end the search.
-        if full and pos >= SEARCH_NODES and not any(x.failed and self._droppable(x)
+        # A farther node still gets in when it can replace a failed or timed-out one: silent
+        # nodes close to the key (dead ones, strangers that once queried us) must neither end
+        # the search nor stall it until their retries expire.
+        if full and pos >= SEARCH_NODES and not any((x.failed or x.slow) and self._droppable(x)
                                                     for x in self.nodes):
             return None
         self.nodes.insert(pos, sn)
@@ -113,11 +114,12 @@ class Search:
 
     @staticmethod
     def _droppable(sn: SearchNode) -> bool:
-        return sn.listen_sid is None and not sn.acked and not sn.pending
+        return sn.listen_sid is None and not sn.acked and (not sn.pending or sn.slow)
 
     def _drop_one(self) -> None:
         """Drop the farthest node that holds nothing for us (failed ones first)."""
-        for cand in [x for x in reversed(self.nodes) if x.failed] + list(reversed(self.nodes)):
+        for cand in ([x for x in reversed(self.nodes) if x.failed]
+                     + [x for x in reversed(self.nodes) if x.slow] + list(reversed(self.nodes))):
             if self._droppable(cand):
                 self.nodes.remove(cand)
                 return
