@@ -23,7 +23,7 @@ import itertools
 import logging
 import random
 from collections import Counter, OrderedDict, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,7 @@ from .messages import (
 from .proofs import AddressProofs
 from .ratelimit import QueryLimits
 from .routing import MAX_FAILURES, K, Node, RoutingTable
+from .rtt import RttEstimate, rto, updated
 from .search import (
     FETCH_IN_FLIGHT,
     LISTEN_NODES,
@@ -68,7 +69,13 @@ from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Query, Value, packb, type_e
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-FIRST_TIMEOUT = 0.5
+FIRST_TIMEOUT = 0.5             # a node and an engine that measured no RTT yet (rtt.RTO_MAX)
+INLINE_VALUES = 16              # an inline get reply this full may have been capped
+# A write token is bound to our address, not to a key; OpenDHT and sipdht accept one for
+# 15-45 min (current and previous secret). Reused across searches for this long, from the
+# nodes of the most recent searches:
+TOKEN_REUSE = 300.0
+MAX_TOKENS_SEEN = 512
 LISTEN_REFRESH = 20.0          # LISTEN_EXPIRE_TIME - REANNOUNCE_MARGIN
 REANNOUNCE_MARGIN = 10.0
 HOUSEKEEPING = 2.0
@@ -148,8 +155,10 @@ class Request:
     on_error: Callable[[Message, float], None] | None = None
     on_retry: Callable[[float], None] | None = None
     attempts: int = 1
-    wait: float = FIRST_TIMEOUT
+    wait: float = FIRST_TIMEOUT     # until the next attempt: the node's RTO, then backing off
     done: bool = False
+    sent: float = 0.0               # first attempt: an RTT sample if it is answered
+    timer: Timer | None = None      # the next timeout, cancelled by the reply
 
 
 @dataclass(eq=False)
@@ -195,7 +204,7 @@ class DhtEngine:
                  "local_listens", "ops", "_ip_listens", "_out", "_events",
                  "_timers", "_seq", "_op_ids", "_bootstrap", "_bootstrap_wait", "_connected",
                  "now", "_nodes_cache", "_nodes_cache_until", "max_listeners_per_ip",
-                 "_cached_searches", "_cache_heap", "_cache_dead", "_listen_queue", "_resume",
+                 "_cached_searches", "_cache_heap", "_cache_dead", "_listen_queue", "_resume", "_rtt", "_tokens_seen",
                  "__dict__", "__weakref__")
 
     def __init__(self, node_id: InfoHash | None = None, *, network: int = 0,
@@ -220,6 +229,8 @@ class DhtEngine:
         self._rx_bytes = 0
         self._challenged: dict[Addr, float] = {}     # unproven sources we pinged, and when
         self._unreachable: dict[Addr, float] = {}    # address -> until when searches skip it
+        self._rtt = RttEstimate()       # over all nodes: the RTO of a node never measured
+        self._tokens_seen: dict[Addr, tuple[bytes, float]] = {}    # write tokens, when given
         self.reassembler = Reassembler()
         self.stats: Counter[str] = Counter()
         self.searches: dict[int, dict[InfoHash, Search]] = defaultdict(dict)   # family -> key -> search
@@ -454,24 +465,31 @@ class DhtEngine:
             args["values"], packed = split_values(values)
         datagrams = [encode_query(name, tid, args, self.network, self.client_only)]
         datagrams += fragment_datagrams(tid, packed, self.network)
-        req = Request(tid, addr, node, datagrams, on_reply, on_expire, on_error, on_retry)
+        req = Request(tid, addr, node, datagrams, on_reply, on_expire, on_error, on_retry,
+                      wait=self._rto(node), sent=now)
         self.requests[tid] = req
         for d in datagrams:
             self._send(d, addr)
-        self._at(now + req.wait, lambda t: self._request_timeout(req, t))
+        req.timer = self._at(now + req.wait, lambda t: self._request_timeout(req, t))
         return req
 
     def _request_timeout(self, req: Request, now: float) -> None:
         if req.done:
             return
         if req.attempts < MAX_ATTEMPTS:
+            # This search moves on at the RTO; every search skips the address once it has
+            # been silent for FIRST_TIMEOUT, as before: a node behind a NAT or a busy one
+            # that answers a little late must not be shut out of the others' (a listen's).
             if req.attempts == 1:
-                self._mark_unreachable(req.addr, now, SUSPECT_TIME)
+                self._at(max(now, req.sent + FIRST_TIMEOUT), lambda t: self._suspect(req, t))
             req.attempts += 1
-            req.wait = req.wait * 2 + self.rng.uniform(0, 0.25)
+            # Searches moved on at the first timeout (the RTO); declaring the node dead
+            # stays as slow as before (~3.5 s over three attempts): a far node that a
+            # near node's estimate underrates is retried, not written off.
+            req.wait = max(req.wait, FIRST_TIMEOUT) * 2 + self.rng.uniform(0, 0.25)
             for d in req.datagrams:
                 self._send(d, req.addr)
-            self._at(now + req.wait, lambda t: self._request_timeout(req, t))
+            req.timer = self._at(now + req.wait, lambda t: self._request_timeout(req, t))
             if req.on_retry is not None:
                 req.on_retry(now)
             return
@@ -482,6 +500,26 @@ class DhtEngine:
         if req.node is not None:
             req.node.failures = MAX_FAILURES
         req.on_expire(now)
+
+    def _suspect(self, req: Request, now: float) -> None:
+        if not req.done:
+            self._mark_unreachable(req.addr, now, SUSPECT_TIME)
+
+    def _rto(self, node: Node | None) -> float:
+        """How long to wait for this node before moving on (and sending again): its own
+        estimate, else the engine's over all nodes, else FIRST_TIMEOUT."""
+        if node is not None and node.rtt > 0:
+            return rto(node.rtt, node.rtt_var)
+        return self._rtt.rto()
+
+    def _rtt_sample(self, req: Request, node: Node | None, now: float) -> None:
+        """Time the round trip from the first attempt. After a retransmission that is an
+        upper bound (Karn would drop it): dropping it would leave a node slower than its
+        RTO never measured, and retried at every request."""
+        sample = now - req.sent
+        self._rtt.sample(sample)
+        for n in {id(x): x for x in (req.node, node) if x is not None}.values():
+            n.rtt, n.rtt_var = updated(n.rtt, n.rtt_var, sample)
 
     def _admit(self, msg: Message, addr: Addr, now: float) -> bool:
         """Before any reassembly work, as OpenDHT does: a query, or a fragment that would
@@ -625,14 +663,16 @@ class DhtEngine:
         self.stats[f"error_sent_{code}"] += 1
         self._send(encode_error(msg.tid, code, text, self.id, self.network), addr)
 
-    def _learn(self, msg: Message, addr: Addr, now: float) -> list[Node]:
+    def _learn(self, msg: Message, addr: Addr, now: float,
+               skip: Container[bytes] = ()) -> list[Node]:
         """Insert the nodes a reply lists; loopback entries from a remote sender use its IP.
-        The only path by which gossiped nodes enter the table: one set of checks."""
+        The only path by which gossiped nodes enter the table: one set of checks. Ids in
+        `skip` (a search's nodes, learnt before) are passed over."""
         learnt = []
         sender_loopback = _is_loopback(addr[0])
         for fam, entries in ((4, msg.n4), (6, msg.n6)):
             for nid, naddr in entries:
-                if nid == self.id or is_martian(naddr):
+                if nid == self.id or nid in skip or is_martian(naddr):
                     continue
                 if _is_loopback(naddr[0]) and not sender_loopback:
                     if family_of(addr) != fam:
@@ -913,12 +953,15 @@ class DhtEngine:
 
     def _finish_request(self, req: Request, msg: Message, addr: Addr, now: float) -> None:
         req.done = True
+        if req.timer is not None:
+            req.timer.cancelled = True      # no wake-up for a request already answered
         del self.requests[req.tid]
         self._proven(addr, now)          # it echoed a tid we sent to that address
         self._unreachable.pop(addr, None)
         if msg.client or msg.id is None:
             return
         node = self.tables[family_of(addr)].update(msg.id, addr, now, 2)
+        self._rtt_sample(req, node, now)
         if req.node is None:
             req.node = node
         elif node is not None and node is not req.node:
@@ -1009,11 +1052,10 @@ class DhtEngine:
             search.insert(node)
 
     def _step(self, search: Search, now: float) -> None:
-        for sn in search.nodes:   # timing out elsewhere: not waited on (slow) until it answers
-            if not sn.failed and not sn.pending:
-                sn.slow = not self._reachable(sn.node, now)
-        self._refill(search, now)
-        live = search.live()
+        live = self._live(search, now)
+        if len(live) < TARGET_NODES:
+            self._refill(search, now)
+            live = self._live(search, now)
         if not live and not search.in_flight():
             # nothing else to ask: suspects are skipped only while others are available
             self._refill(search, now, skip_suspects=False)
@@ -1021,42 +1063,88 @@ class DhtEngine:
                 if not sn.failed and not sn.pending:
                     sn.slow = False
             live = search.live()
-        inflight = search.in_flight()
+        # A node past its first timeout no longer holds a slot (OpenDHT's "candidate"). A
+        # node that answered this search before (a get again on a key) is asked at once, up
+        # to the replication set; a lookup explores MAX_IN_FLIGHT at a time besides.
+        first = live[:TARGET_NODES]
+        synced, exploring = search.solicited(now)
         newest_get = max((op.started for op in search.gets), default=float("-inf"))
-        for sn in live[:TARGET_NODES]:
-            if inflight >= MAX_IN_FLIGHT:
-                break
-            if not sn.pending and (not sn.synced(now) or sn.last_get < newest_get):
-                self._send_get(search, sn, now)
-                inflight += 1
-        self._pump_fetches(search, newest_get, now)
-        self._write_early(search, live, now)
-        synced = search.synced_nodes(now)
-        if synced is not None:
-            self._synced(search, synced, now)
-        elif not live and inflight == 0 and not any(sn.put_pending for sn in search.nodes):
+        for sn in first:
+            if sn.pending or (sn.synced(now) and sn.last_get >= newest_get):
+                continue
+            if sn.synced(now) and synced < TARGET_NODES:
+                synced += 1
+            elif not sn.synced(now) and exploring < MAX_IN_FLIGHT:
+                exploring += 1
+            else:
+                continue
+            self._send_get(search, sn, now, self._inline(search, sn, newest_get))
+        if search.gets and search.fetches:
+            self._pump_fetches(search, newest_get, now)
+        if search.puts or search.listens:
+            self._write_early(search, live, now)
+        if first and all(sn.synced(now) for sn in first):
+            self._synced(search, first, now)
+        elif not live and not search.in_flight() and not any(sn.put_pending
+                                                                for sn in search.nodes):
             self._search_failed(search)     # a put still retrying may yet be acknowledged
+
+    def _inline(self, search: Search, sn: SearchNode, newest_get: float) -> bool:
+        """Ask this node for the values whole? Once per get, a node that answered us
+        before: it has pinged this full node back, so it sends values without first
+        proving our address (a client-only node is never pinged: it lists ids first)."""
+        if self.client_only or search.inline_at >= newest_get or sn.node.rtt <= 0:
+            return False
+        search.inline_at, search.inline = newest_get, sn
+        return True
+
+    def _live(self, search: Search, now: float) -> list[SearchNode]:
+        """search.live() after updating who is slow: a node timing out in another search
+        is not waited on here either, until it answers."""
+        unreachable = self._unreachable
+        live = []
+        for sn in search.nodes:
+            if sn.failed:
+                continue
+            if not sn.pending:
+                sn.slow = bool(unreachable) and sn.node.addr in unreachable \
+                    and not self._reachable(sn.node, now)
+            if not sn.slow:
+                live.append(sn)
+        return live
 
     def _write_early(self, search: Search, live: list[SearchNode], now: float) -> None:
         """Put and listen on each close node as soon as it has given us a token, without
         waiting for the whole search to sync: a listener then hears a new value at once.
         Completion is still judged on the synced set."""
         for sn in live[:TARGET_NODES]:
-            if not sn.synced(now):
+            # A token is bound to our address, not to a key: one from a recent search lets
+            # the put go out with the find instead of after its reply.
+            cached = None if sn.synced(now) else self._reusable_token(sn.node.addr, now)
+            if cached is None and not sn.synced(now):
                 continue
             for op in search.puts:
                 if op.id not in sn.acked and op.id not in sn.put_pending:
-                    self._send_put(search, sn, op, now)
+                    self._send_put(search, sn, op, now, cached)
         if search.listens:
             for sn in live[:LISTEN_NODES]:
                 if sn.synced(now) and sn.listen_sid is None and not sn.listen_pending:
                     self._send_listen(search, sn, now)
 
-    def _send_get(self, search: Search, sn: SearchNode, now: float) -> None:
+    def _send_get(self, search: Search, sn: SearchNode, now: float, inline: bool = False) -> None:
+        """`inline`: ask for the values themselves, not their ids (one node per get: the
+        values a small key holds then need no fetch, and a key stuffed with junk costs
+        one capped reply before the paging below takes over)."""
         sn.pending = True
         want = [AF_INET, AF_INET6] if len(self.families) > 1 else (
             [AF_INET] if self.families == (4,) else [AF_INET6])
-        if search.gets:      # ids first; values are then fetched by id (_pump_fetches)
+        args: dict[str, Any]
+        if search.gets and inline:
+            where = self._common_where(search)
+            name, args = "get", {"h": search.target, "w": want}
+            if where:
+                args["q"] = Query((), where).pack()
+        elif search.gets:    # ids first; values are then fetched by id (_pump_fetches)
             q = Query(ID_SEQ, self._common_where(search))
             name, args = "get", {"h": search.target, "w": want, "q": q.pack()}
         else:                # puts and listens only need a token: no values come back
@@ -1067,9 +1155,9 @@ class DhtEngine:
             if msg.kind == "e":
                 sn.failed = True
             else:
-                if name == "get":
-                    sn.last_get = now
-                self._search_reply(search, sn, msg, t)
+                if name == "get" and not (inline and len(msg.values) >= INLINE_VALUES):
+                    sn.last_get = now       # else maybe capped: listed by id next
+                self._search_reply(search, sn, msg, t, now)
             self._step(search, t)
 
         def on_expire(t: float) -> None:
@@ -1085,23 +1173,52 @@ class DhtEngine:
             sn.slow = True
             self._step(search, now)
 
-    def _search_reply(self, search: Search, sn: SearchNode, msg: Message, now: float) -> None:
+    def _search_reply(self, search: Search, sn: SearchNode, msg: Message, now: float,
+                      sent: float) -> None:
         sn.slow = False
         if msg.token:
             sn.token, sn.last_reply = msg.token, now
-        for node in self._learn(msg, sn.node.addr, now):
-            if family_of(node.addr) == search.family and self._reachable(node, now):
-                search.insert(node, sn.depth + 1)
+            self._note_token(sn.node.addr, msg.token, now)
+        if msg.n4 or msg.n6:
+            known = {x.node.id for x in search.nodes}
+            for node in self._learn(msg, sn.node.addr, now, known):
+                if family_of(node.addr) == search.family and self._reachable(node, now):
+                    search.insert(node, sn.depth + 1)
         if msg.fields is not None:
             self._listed(search, sn, msg.fields)
-        if msg.values:      # a server that ignored the select: these are the values
+        if msg.values:      # asked inline, or a server that ignored the select
             self._found_values(search, msg.values)
+            self._fetched(search, msg.values, sent)
 
     def _found_values(self, search: Search, values: list[Value]) -> None:
         for op in search.gets:
             self._deliver_get(op, values)
         for op in search.listens:
             self._listen_values(op, "add", values)
+
+    def _note_token(self, addr: Addr, token: bytes, now: float) -> None:
+        """Remember a node's write token for other searches (bounded, oldest out first)."""
+        seen = self._tokens_seen
+        seen.pop(addr, None)
+        if len(seen) >= MAX_TOKENS_SEEN:
+            del seen[next(iter(seen))]
+        seen[addr] = (token, now)
+
+    def _reusable_token(self, addr: Addr, now: float) -> bytes | None:
+        entry = self._tokens_seen.get(addr)
+        return entry[0] if entry is not None and now - entry[1] < TOKEN_REUSE else None
+
+    def _fetched(self, search: Search, values: list[Value], sent: float) -> None:
+        """Values that came whole need no fetch by id for the gets started before `sent`."""
+        if not search.gets:
+            return
+        for v in values:
+            fetch = search.fetches.get((v.id, v.seq))
+            if fetch is None:
+                if len(search.fetches) >= MAX_FETCHES:
+                    continue
+                fetch = search.fetches[(v.id, v.seq)] = Fetch(v.id, v.seq)
+            fetch.fetched = max(fetch.fetched, sent)
 
     @staticmethod
     def _common_where(search: Search) -> tuple:
@@ -1133,6 +1250,9 @@ class DhtEngine:
         """Fetch by id what the gets still miss, FETCH_IN_FLIGHT at a time."""
         if not search.gets or not search.fetches:
             return
+        asked = search.inline
+        if asked is not None and asked.pending and not asked.slow:
+            return      # what it sends whole is not fetched again
         inflight = sum(1 for f in search.fetches.values() if f.pending)
         for fetch in search.fetches.values():
             if inflight >= FETCH_IN_FLIGHT:
@@ -1202,14 +1322,18 @@ class DhtEngine:
 
     # --- put and listen on the closest nodes ----------------------------------------------
 
-    def _send_put(self, search: Search, sn: SearchNode, op: PutOp, now: float) -> None:
+    def _send_put(self, search: Search, sn: SearchNode, op: PutOp, now: float,
+                  token: bytes | None = None) -> None:
+        """`token`: one the node gave us in another search (not yet synced here)."""
         tag = op.id   # per put operation: a new put of the same value id is sent again
         sn.put_pending.add(tag)
 
         def on_reply(msg: Message, t: float) -> None:
             sn.put_pending.discard(tag)
             if msg.kind == "e":
-                if msg.error and msg.error[0] == UNAUTHORIZED:
+                if msg.error and msg.error[0] == UNAUTHORIZED and token is not None:
+                    self._tokens_seen.pop(sn.node.addr, None)   # sent again once synced
+                elif msg.error and msg.error[0] == UNAUTHORIZED:
                     sn.forget_token()
                 else:
                     sn.failed = True
@@ -1224,7 +1348,7 @@ class DhtEngine:
             sn.failed = True
             self._step(search, t)
 
-        self._request(sn.node.addr, sn.node, "put", {"h": search.target, "token": sn.token},
+        self._request(sn.node.addr, sn.node, "put", {"h": search.target, "token": token or sn.token},
                       now, on_reply, on_expire, values=[op.value],
                       on_retry=lambda t: self._slow(search, sn, t))
 

@@ -35,6 +35,8 @@ class Node:
     time: float = _NEVER  # last time we heard anything from it
     reply_time: float = _NEVER  # last reply to one of our requests
     failures: int = 0  # consecutive requests that expired unanswered
+    rtt: float = 0.0  # smoothed round-trip time of its replies, 0 until measured (rtt.py)
+    rtt_var: float = 0.0  # its mean deviation
 
     def is_good(self, now: float) -> bool:
         """Answered us recently and is still talking: safe to hand out to others."""

@@ -81,6 +81,8 @@ class Search:
     listens: list[Any] = field(default_factory=list)
     last_used: float = 0.0
     fetches: dict[tuple[int, int], Fetch] = field(default_factory=dict)
+    inline_at: float = float("-inf")    # newest get whose values were asked for whole
+    inline: SearchNode | None = None    # the node asked for them
 
     @property
     def busy(self) -> bool:
@@ -99,9 +101,10 @@ class Search:
         keys = [x.distance for x in self.nodes]
         pos = bisect.bisect(keys, sn.distance)
         full = len(self.nodes) >= SEARCH_NODES
-        # A farther node still gets in when it can replace a failed one: silent nodes close
-        # to the key (strangers that once queried us) must not end the search.
-        if full and pos >= SEARCH_NODES and not any(x.failed and self._droppable(x)
+        # A farther node still gets in when it can replace a failed or timed-out one: silent
+        # nodes close to the key (dead ones, strangers that once queried us) must neither end
+        # the search nor stall it until their retries expire.
+        if full and pos >= SEARCH_NODES and not any((x.failed or x.slow) and self._droppable(x)
                                                     for x in self.nodes):
             return None
         self.nodes.insert(pos, sn)
@@ -111,11 +114,12 @@ class Search:
 
     @staticmethod
     def _droppable(sn: SearchNode) -> bool:
-        return sn.listen_sid is None and not sn.acked and not sn.pending
+        return sn.listen_sid is None and not sn.acked and (not sn.pending or sn.slow)
 
     def _drop_one(self) -> None:
         """Drop the farthest node that holds nothing for us (failed ones first)."""
-        for cand in [x for x in reversed(self.nodes) if x.failed] + list(reversed(self.nodes)):
+        for cand in ([x for x in reversed(self.nodes) if x.failed]
+                     + [x for x in reversed(self.nodes) if x.slow] + list(reversed(self.nodes))):
             if self._droppable(cand):
                 self.nodes.remove(cand)
                 return
@@ -129,13 +133,18 @@ class Search:
     def in_flight(self) -> int:
         return sum(1 for sn in self.nodes if sn.pending)
 
+    def solicited(self, now: float) -> tuple[int, int]:
+        """Requests out that the search still waits for (not those past a first timeout):
+        to nodes synced in this search before, and to the others (the lookup)."""
+        synced = exploring = 0
+        for sn in self.nodes:
+            if sn.pending and not sn.slow:
+                if sn.synced(now):
+                    synced += 1
+                else:
+                    exploring += 1
+        return synced, exploring
+
     def fetches_busy(self, since: float) -> bool:
         """A value fetch is out or still to send for the gets started at `since`."""
         return any(f.pending or f.wanted(since) for f in self.fetches.values())
-
-    def synced_nodes(self, now: float, count: int = TARGET_NODES) -> list[SearchNode] | None:
-        """The `count` closest live nodes if all are synced, else None."""
-        first = self.live()[:TARGET_NODES]
-        if not first or not all(sn.synced(now) for sn in first):
-            return None
-        return first[:count]
