@@ -1,7 +1,8 @@
 """Round-trip time estimates and the retransmission timeout (RTO) derived from them.
 
-RFC 6298's estimator: a smoothed RTT and its mean deviation, updated from samples of
-requests answered at their first attempt (Karn: a reply to a retransmission is ambiguous).
+RFC 6298's estimator: a smoothed RTT and its mean deviation. Unlike Karn's rule, a reply to a
+retransmission is sampled too, timed from the first attempt (an upper bound): a node slower
+than its RTO must still get measured, or it would be retried at every request.
 The RTO decides when a search stops waiting for a node and asks another one, and when the
 request is sent again. It is clamped: never below RTO_MIN (scheduling jitter of busy
 processes on one host must not read as loss), never above RTO_MAX (OpenDHT's fixed first
