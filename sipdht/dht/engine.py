@@ -51,7 +51,7 @@ from .messages import (
 from .proofs import AddressProofs
 from .ratelimit import QueryLimits
 from .routing import MAX_FAILURES, K, Node, RoutingTable
-from .rtt import RttEstimate, rto, updated
+from .rtt import RTO_MIN, RttEstimate, rto, updated
 from .search import (
     FETCH_IN_FLIGHT,
     LISTEN_NODES,
@@ -159,6 +159,7 @@ class Request:
     done: bool = False
     sent: float = 0.0               # first attempt: an RTT sample if it is answered
     timer: Timer | None = None      # the next timeout, cancelled by the reply
+    blind: bool = False             # sent before any RTT was known: its RTO is re-read later
 
 
 @dataclass(eq=False)
@@ -466,15 +467,35 @@ class DhtEngine:
         datagrams = [encode_query(name, tid, args, self.network, self.client_only)]
         datagrams += fragment_datagrams(tid, packed, self.network)
         req = Request(tid, addr, node, datagrams, on_reply, on_expire, on_error, on_retry,
-                      wait=self._rto(node), sent=now)
+                      wait=self._rto(node), sent=now, blind=self._blind(node))
         self.requests[tid] = req
         for d in datagrams:
             self._send(d, addr)
-        req.timer = self._at(now + req.wait, lambda t: self._request_timeout(req, t))
+        first = min(req.wait, RTO_MIN) if req.blind else req.wait
+        req.timer = self._at(now + first, lambda t: self._request_timeout(req, t))
         return req
 
+    def _blind(self, node: Node | None) -> bool:
+        """No estimate for this node or any other yet (a fresh engine's first lookup)."""
+        return (node is None or node.rtt <= 0) and self._rtt.srtt <= 0
+
+    def _still_waiting(self, req: Request, now: float) -> bool:
+        """A request sent blind waits RTO_MAX only while nothing is measured: once the first
+        replies give an estimate, its RTO is that estimate, counted from when it was sent
+        (else a fresh engine's first lookup waits half a second on every dead node)."""
+        if not req.blind:
+            return False
+        deadline = req.sent + self._rto(req.node)
+        if now >= deadline:
+            req.blind = False
+            req.wait = deadline - req.sent
+            return False
+        step = RTO_MIN if self._blind(req.node) else deadline - now
+        req.timer = self._at(min(deadline, now + step), lambda t: self._request_timeout(req, t))
+        return True
+
     def _request_timeout(self, req: Request, now: float) -> None:
-        if req.done:
+        if req.done or self._still_waiting(req, now):
             return
         if req.attempts < MAX_ATTEMPTS:
             # This search moves on at the RTO; every search skips the address once it has

@@ -207,3 +207,21 @@ def test_a_get_from_known_nodes_needs_no_fetch_by_id_for_a_small_key() -> None:
     gets = [m for m in asked if m.query == "get"]
     assert len(gets) == len(servers)                           # no fetch by id
     assert sum(1 for m in gets if m.q is None or not m.q.select) == 1   # one asked whole
+
+
+def test_a_fresh_engine_stops_waiting_on_a_silent_node_once_another_node_gave_an_rtt() -> None:
+    """Both pings go out before anything is measured (RTO_MAX); C's answer in 20 ms sets the
+    engine's estimate, and B's first attempt is then timed out at that RTO, not at 0.5 s."""
+    e = DhtEngine(InfoHash(b"\x55" * 20), now=T0)
+    c = ("203.0.113.21", 5000)
+    e.ping(B, T0)
+    e.ping(c, T0)
+    sent = {o.dst: o for o in drain(e, T0, maintenance=True) if o.obj.get("q") == "ping"}
+    assert set(sent) == {B, c}
+    e.receive_datagram(encode_reply(sent[c].msg.tid, {"id": InfoHash(b"\x22" * 20)}), c, T0 + 0.020)
+    drain(e, T0 + 0.020, maintenance=True)
+    for t in (T0 + 0.030, T0 + 0.050, T0 + 0.059):
+        e.handle_timer(t)
+        assert B not in pings(e, t)
+    e.handle_timer(T0 + 0.061)                      # RTO = 0.02 + 4 * 0.01, from the first send
+    assert pings(e, T0 + 0.061) == [B]
