@@ -8,14 +8,14 @@ implementations are as fast. Code that needs OpenSSL (cryptography) still loads 
 from __future__ import annotations
 
 try:
-    from _sha1 import sha1
+    from _sha1 import sha1  # type: ignore[import-not-found]  # no stubs: a CPython built-in
 except ImportError:          # an interpreter without the built-in module
     from hashlib import sha1
 try:
-    from _sha256 import sha256  # CPython 3.11
+    from _sha256 import sha256  # type: ignore[import-not-found]  # CPython 3.11
 except ImportError:
     try:
-        from _sha2 import sha256  # CPython 3.12+
+        from _sha2 import sha256  # type: ignore[import-not-found]  # CPython 3.12+
     except ImportError:
         from hashlib import sha256
 
