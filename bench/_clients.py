@@ -13,13 +13,24 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import Proc, loadavg, percentile, start_dhtnode, start_sipdht_node  # noqa: E402
+from _common import (  # noqa: E402
+    Proc,
+    fmt_ratio,
+    loadavg,
+    median,
+    percentile,
+    start_dhtnode,
+    start_sipdht_node,
+    workdir,
+    write_sipdht_config,
+)
 
 SYSTEM_PYTHON = "/usr/bin/python3"      # Debian's, with python3-opendht
 NETS = ("dhtnode", "sipdht")
@@ -130,3 +141,30 @@ def stats(ms: list[float]) -> dict:
 
 def load_note() -> str:
     return f"{os.cpu_count()} CPUs, load average {loadavg():.2f}"
+
+
+def run_all(prefix: str, runs: int, one_run: Callable[[int, Path, Path], dict]) -> list[dict]:
+    """`one_run(run, its directory, the sipdht config)` for each run, in one temporary workdir."""
+    results = []
+    with workdir(prefix) as d:
+        tmp = Path(d)
+        config = write_sipdht_config(tmp)
+        for run in range(runs):
+            (tmp / f"run{run}").mkdir()
+            results.append(one_run(run, tmp / f"run{run}", config))
+    return results
+
+
+def med(runs: list[dict], net: str, what: str, q: str) -> float:
+    """Median over runs of one network's figure (`r[net][what][q]`)."""
+    return median([r[net][what][q] for r in runs])
+
+
+def ratio_rows(runs: list[dict], whats: Iterable[str], label: Callable[[str, str], str]) -> list[list[str]]:
+    """p50 and p95 of each figure, dhtnode's beside ours and the ratio ours/dhtnode."""
+    rows = []
+    for what in whats:
+        for q in ("p50", "p95"):
+            a, b = med(runs, "dhtnode", what, q), med(runs, "sipdht", what, q)
+            rows.append([label(what, q), f"{a:.2f}", f"{b:.2f}", fmt_ratio(b, a)])
+    return rows

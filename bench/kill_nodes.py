@@ -28,16 +28,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _clients import NETS, PEER_IMPL, Client, load_note, opendht_missing, start_network, stats  # noqa: E402
+from _clients import (  # noqa: E402
+    NETS,
+    PEER_IMPL,
+    Client,
+    load_note,
+    med,
+    opendht_missing,
+    ratio_rows,
+    run_all,
+    start_network,
+    stats,
+)
 from _common import (  # noqa: E402
     add_summary_option,
-    fmt_ratio,
-    median,
     stop_all,
     summary_row,
     table,
-    workdir,
-    write_sipdht_config,
     write_summary,
 )
 
@@ -126,23 +133,11 @@ def main() -> int:
     print(f"gets after killing {args.kill} of {args.nodes} nodes: dhtnode network + OpenDHT client "
           f"vs sipdht network + sipdht client, {args.keys} keys x {args.reps} warm and fresh gets "
           f"per network per run, {args.runs} runs, seed {seed}, {load_note()}", flush=True)
-    runs = []
-    with workdir("bench-kill-") as d:
-        tmp = Path(d)
-        config = write_sipdht_config(tmp)
-        for run in range(args.runs):
-            (tmp / f"run{run}").mkdir()
-            runs.append(one_run(run, args, tmp / f"run{run}", config, rng, nonce))
-
-    def med(kind: str, what: str, q: str) -> float:
-        return median([r[kind][what][q] for r in runs])
-
+    runs = run_all("bench-kill-", args.runs,
+                   lambda run, tmp, config: one_run(run, args, tmp, config, rng, nonce))
     rows = [[f"median of {args.runs} runs (ms)", "dhtnode net, OpenDHT client",
              "sipdht net, sipdht client", "sipdht/dhtnode"]]
-    for what in KINDS:
-        for q in ("p50", "p95"):
-            a, b = med("dhtnode", what, q), med("sipdht", what, q)
-            rows.append([f"{what} client get {q}", f"{a:.2f}", f"{b:.2f}", fmt_ratio(b, a)])
+    rows += ratio_rows(runs, KINDS, lambda what, q: f"{what} client get {q}")
     print()
     print(table(rows))
     fails = {k: {w: sum(r[k]["fail"][w] for r in runs) for w in KINDS} for k in NETS}
@@ -151,7 +146,7 @@ def main() -> int:
     where = f"after killing {args.kill} of {args.nodes} nodes"
     write_summary(args.summary, [
         summary_row("kill_nodes", f"{what} client get {q}, {where}", "ms",
-                    med("sipdht", what, q), med("dhtnode", what, q), "dhtnode + OpenDHT client")
+                    med(runs, "sipdht", what, q), med(runs, "dhtnode", what, q), "dhtnode + OpenDHT client")
         for what in KINDS for q in ("p50", "p95")])
     return 0
 

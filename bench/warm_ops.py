@@ -32,16 +32,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _clients import NETS, PEER_IMPL, Client, load_note, opendht_missing, start_network, stats  # noqa: E402
+from _clients import (  # noqa: E402
+    NETS,
+    PEER_IMPL,
+    Client,
+    load_note,
+    med,
+    opendht_missing,
+    ratio_rows,
+    run_all,
+    start_network,
+    stats,
+)
 from _common import (  # noqa: E402
     add_summary_option,
-    fmt_ratio,
-    median,
     stop_all,
     summary_row,
     table,
-    workdir,
-    write_sipdht_config,
     write_summary,
 )
 
@@ -121,23 +128,10 @@ def main() -> int:
     print(f"warm clients: {args.nodes} dhtnode + {args.nodes} sipdht processes per run, "
           f"{args.keys} keys x {args.reps} gets and {args.puts} puts per client per run, "
           f"{args.runs} runs, {load_note()}", flush=True)
-    runs = []
-    with workdir("bench-warm-") as d:
-        tmp = Path(d)
-        config = write_sipdht_config(tmp)
-        for run in range(args.runs):
-            (tmp / f"run{run}").mkdir()
-            runs.append(one_run(run, args, tmp / f"run{run}", config, nonce))
-
-    def med(kind: str, op: str, q: str) -> float:
-        return median([r[kind][op][q] for r in runs])
-
+    runs = run_all("bench-warm-", args.runs, lambda run, tmp, config: one_run(run, args, tmp, config, nonce))
     rows = [[f"median of {args.runs} runs (ms)", "OpenDHT client, dhtnode net",
              "sipdht client, sipdht net", "sipdht/OpenDHT"]]
-    for op in ("get", "put"):
-        for q in ("p50", "p95"):
-            a, b = med("dhtnode", op, q), med("sipdht", op, q)
-            rows.append([f"{op} {q}", f"{a:.2f}", f"{b:.2f}", fmt_ratio(b, a)])
+    rows += ratio_rows(runs, ("get", "put"), lambda op, q: f"{op} {q}")
     print()
     print(table(rows))
     fails = {k: (sum(r[k]["get_fail"] for r in runs), sum(r[k]["put_fail"] for r in runs))
@@ -147,7 +141,7 @@ def main() -> int:
     n = args.nodes
     write_summary(args.summary, [
         summary_row("warm_ops", f"warm client {op} {q}, {n}-node network", "ms",
-                    med("sipdht", op, q), med("dhtnode", op, q), "OpenDHT client")
+                    med(runs, "sipdht", op, q), med(runs, "dhtnode", op, q), "OpenDHT client")
         for op in ("get", "put") for q in ("p50", "p95")])
     return 0
 
