@@ -35,10 +35,13 @@ test: lint test-peers
 	if [ -n "$$SIPDHT_PYTEST_RC_FILE" ]; then echo $$rc > "$$SIPDHT_PYTEST_RC_FILE"; fi; \
 	exit $$rc
 
-# ruff on everything, mypy on the package (settings in pyproject.toml).
+# ruff on everything, mypy on the package (settings in pyproject.toml), the layer contracts
+# (setup.cfg [importlinter]) and no import cycles.
 lint: venv
-	$(VENV)/bin/ruff check sipdht tests bench plugins
+	$(VENV)/bin/ruff check sipdht tests bench plugins tools
 	$(VENV)/bin/mypy sipdht
+	$(VENV)/bin/lint-imports --no-cache --no-logo setup.cfg
+	$(PY) tools/import_cycles.py sipdht
 
 # Every benchmark in bench/ against its peer in the same run, one table (not part of `make test`).
 # BENCH_ARGS= (empty) runs the scripts' own defaults; namespace benchmarks need root.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
 MAX_MESSAGE = 65536
@@ -91,6 +91,7 @@ class Link(Protocol):
     device: str                    # the peer's device id ("" when the account type has none)
     initiator: bool                # True on the side that called connect()
     closed: asyncio.Future[str]    # resolves with the reason when the link ends
+    last_used: float               # time.monotonic() of the last message (keepalives excluded)
 
     @property
     def path(self) -> str:         # "host", "srflx" or "relay", as a user would say it
@@ -115,6 +116,29 @@ class Link(Protocol):
         ...
 
 
+@dataclass
+class Breakdown:
+    """Where the time of one link set-up went (milliseconds), for `sipdht ping`."""
+    lookup_ms: float = 0.0
+    gather_ms: float = 0.0
+    signalling_ms: float = 0.0
+    ice_ms: float = 0.0
+    rtt_ms: list[float] = field(default_factory=list)
+    path: str = ""
+
+
+@runtime_checkable
+class Diagnosable(Protocol):
+    """What `sipdht ping` measures on a link. Optional: an account type whose links cannot
+    answer a ping or echo data still carries calls."""
+
+    setup: Breakdown               # how the link was set up
+    echo_channel: int              # the accepting peer sends back what arrives here
+
+    async def ping(self, timeout: float = 3.0) -> float:
+        """The round-trip time in seconds; raises LinkClosed when nothing answers in time."""
+
+
 # --- account types ----------------------------------------------------------------------------
 
 
@@ -127,6 +151,22 @@ class Device:
     age: float                       # seconds since its record was published
     public_key: bytes = b""          # DER SubjectPublicKeyInfo of the device (or account) key
     protocols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """An account's devices as the account types found them, for `sipdht lookup`."""
+    account: str
+    devices: tuple[Device, ...] = ()
+
+    @property
+    def online(self) -> bool:
+        return any(d.online for d in self.devices)
+
+    @property
+    def record_age(self) -> float | None:
+        """Seconds since the newest record was published; None when there is none."""
+        return min((d.age for d in self.devices), default=None)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .account import Link
+from .account import Link, Lookup
 from .config import Config
 from .dht.node import DhtNode, NodeConfig
 from .dht.secure import SecureDht
@@ -18,7 +18,7 @@ from .links import LinkPool
 from .sip.gateway import Gateway
 from .tasks import Supervisor
 from .v1.account import V1Account, ice_config
-from .v1.locator import Resolution, device_id_for
+from .v1.locator import device_id_for
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,10 @@ class Agent:
         stored = await self.secure.publish_certificate()
         log.info("certificate published on %d node(s)", stored)
 
-    async def lookup(self, account: str) -> Resolution:
-        return await self.v1.locator.resolve(account)
+    async def lookup(self, account: str) -> Lookup:
+        """The account's devices, from every account type that can reach accounts."""
+        devices = [dev for acct in self.pool.accounts for dev in await acct.resolve(account)]
+        return Lookup(account, tuple(devices))
 
     async def connect(self, account: str, timeout: float | None = None) -> Link:
         """A link to the account (reused when one is up); raises sipdht.account.CallFailure."""

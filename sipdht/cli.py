@@ -7,52 +7,21 @@ errors print one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import __version__, signals
+from . import __version__, commands, signals
+from .commands.base import COMMANDS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, OperationFailed, UsageError
 from .config import Config, ConfigError, load_config
 
-if TYPE_CHECKING:
-    import asyncio
-
-    from . import identity
-
-log = logging.getLogger("sipdht")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 USER_CONFIG = Path("~/.config/sipdht/sipdht.ini")
-
-
-class UsageError(Exception):
-    """Bad arguments; exit code 2."""
-
-
-class OperationFailed(Exception):
-    """The command ran but did not achieve its goal; exit code 1."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-Command = Callable[[argparse.Namespace, Config], int]
-COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
-
-
-def command(name: str, help_text: str, setup: Callable[[argparse.ArgumentParser], None] = lambda p: None):
-    def register(fn: Command) -> Command:
-        COMMANDS[name] = (help_text, fn, setup)
-        return fn
-
-    return register
 
 
 def _common_options(config_default, verbose_default) -> _Parser:
@@ -103,72 +72,6 @@ def setup_logging(config: Config, verbose: bool) -> None:
         logging.getLogger("aioice").setLevel(logging.WARNING)
 
 
-def load_identity(config: Config, location: str | Path | None = None) -> identity.Identity:
-    from . import identity  # not at the top: a plain DHT node needs no crypto
-
-    passphrase = identity.passphrase_from_env(config.identity.passphrase_env)
-    return identity.load(location or config.identity_path, passphrase)
-
-
-def load_or_create_identity(config: Config) -> identity.Identity:
-    from . import identity
-
-    key_path, _ = identity.identity_files(config.identity_path)
-    if key_path.exists():
-        return load_identity(config)
-    log.info("no identity at %s: creating one (%d-bit RSA)", key_path, config.identity.key_bits)
-    ident = identity.generate(config.identity.key_bits)
-    identity.save(ident, config.identity_path,
-                  identity.passphrase_from_env(config.identity.passphrase_env))
-    return ident
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """An Event set by SIGINT or SIGTERM; installed before start-up so no signal is lost
-    and a second Ctrl-C does not interrupt a clean shutdown."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if signals.early:           # it came while the modules were still loading
-        stop.set()
-    try:
-        yield stop
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-async def until_stopped(stop: asyncio.Event, starting) -> bool:
-    """Run a start-up coroutine unless a stop signal comes first; True if it completed."""
-    import asyncio
-
-    start = asyncio.ensure_future(starting)
-    waiter = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if start.done():
-        waiter.cancel()
-        start.result()
-        return True
-    start.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await start
-    return False
-
-
-def run_async(coro) -> int:
-    """Run a coroutine; Ctrl-C ends it cleanly."""
-    import asyncio
-
-    try:
-        return asyncio.run(coro)
-    except KeyboardInterrupt:
-        return EXIT_OK
-
-
 def _command_name(argv: list[str] | None) -> str | None:
     """The subcommand argv names, found before the full parser is built so that only its
     module need be imported (a plain `sipdht node` then loads no crypto)."""
@@ -202,8 +105,6 @@ def _asyncio_without_tls() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import commands
-
     signals.catch()
     name = _command_name(argv)
     try:

@@ -115,7 +115,7 @@ class LinkPool:
             await asyncio.sleep(max(IDLE_CHECK_MIN, min(30.0, self.idle_timeout / 4)))
             now = time.monotonic()
             for link in self.all():
-                quiet = now - getattr(link, "last_used", now)
+                quiet = now - link.last_used
                 if id(link) not in self._holds and quiet >= self.idle_timeout:
                     self.stats["closed_idle"] += 1
                     log.info("closing the idle link with %s (%.0f s without traffic)",

@@ -34,9 +34,12 @@ def ci(tmp_path):
     _script(fake / "apt-get", 'echo "apt-get" >> calls')  # make test-peers never reaches apt
 
     def run(pytest_rc: int = 0, lint_rc: int = 0) -> tuple[int, list[str]]:
-        _script(venv / "python", f'echo "pytest strict=$SIPDHT_STRICT_PEERS" >> calls; exit {pytest_rc}')
+        _script(venv / "python", 'if [ "$1 $2" = "-m pytest" ]; then\n'
+                f'  echo "pytest strict=$SIPDHT_STRICT_PEERS" >> calls; exit {pytest_rc}\nfi\n'
+                'echo "python $*" >> calls')
         _script(venv / "ruff", f'echo "ruff $*" >> calls; exit {lint_rc}')
         _script(venv / "mypy", 'echo "mypy $*" >> calls')
+        _script(venv / "lint-imports", 'echo "lint-imports $*" >> calls')
         env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
         env.pop("SIPDHT_STRICT_PEERS", None)
         for var in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS"):   # when run under `make test`
@@ -54,9 +57,11 @@ def ci(tmp_path):
 def test_pytest_exit_code_passes_through(ci, pytest_rc):
     rc, calls = ci(pytest_rc=pytest_rc)
     assert rc == pytest_rc
-    assert calls == ["ruff check sipdht tests bench plugins", "mypy sipdht", "pytest strict=1"]
+    assert calls == ["ruff check sipdht tests bench plugins tools", "mypy sipdht",
+                     "lint-imports --no-cache --no-logo setup.cfg",
+                     "python tools/import_cycles.py sipdht", "pytest strict=1"]
 
 
 def test_lint_failure_stops_before_the_suite(ci):
     rc, calls = ci(lint_rc=1)
-    assert rc != 0 and calls == ["ruff check sipdht tests bench plugins"]
+    assert rc != 0 and calls == ["ruff check sipdht tests bench plugins tools"]

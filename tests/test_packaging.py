@@ -37,3 +37,14 @@ def test_every_dependency_is_imported_by_sipdht():
     unused = [dist for dist in requires
               if not re.search(rf"^\s*(import|from) {re.escape(dist.replace('-', '_'))}\b", source, re.M)]
     assert requires and unused == []
+
+
+def test_the_version_is_written_once():
+    """setup.cfg reads it from the package, so `sipdht --version` and the installed
+    distribution cannot disagree."""
+    from importlib.metadata import version
+
+    import sipdht
+
+    assert _setup_cfg()["metadata"]["version"].strip() == "attr: sipdht.__version__"
+    assert version("sipdht") == sipdht.__version__

@@ -1,5 +1,5 @@
 """Subcommands of the `sipdht` CLI, one module per area; importing a module registers its
-commands.
+commands in `base.COMMANDS`.
 
 Importing the package imports none of them: `sipdht node` (and get/put/listen) need only
 commands/dht.py, not the identity, crypto and ICE modules the other areas import.
@@ -12,8 +12,8 @@ def load_all() -> None:
 
 def load_for(name: str | None) -> None:
     """Import what command `name` needs: only commands/dht.py for a DHT command, else all."""
-    from ..cli import COMMANDS
     from . import dht  # noqa: F401
+    from .base import COMMANDS
 
     if name not in COMMANDS:
         load_all()

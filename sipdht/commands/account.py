@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .. import identity
-from ..cli import EXIT_OK, command, load_identity
 from ..config import Config
+from .base import EXIT_OK, command, load_identity
 
 
 def _init_args(p: argparse.ArgumentParser) -> None:

@@ -8,10 +8,13 @@ import logging
 import statistics
 import sys
 import time
+from typing import TextIO
 
-from ..account import CallFailure, LinkClosed
+from ..account import Breakdown, CallFailure, Diagnosable, Link, LinkClosed
 from ..agent import Agent
-from ..cli import (
+from ..config import Config
+from ..sip.gateway import GatewayError
+from .base import (
     EXIT_FAILED,
     EXIT_OK,
     OperationFailed,
@@ -22,9 +25,6 @@ from ..cli import (
     stop_on_signals,
     until_stopped,
 )
-from ..config import Config
-from ..sip.gateway import GatewayError
-from ..v1.link import CHANNEL_ECHO, PeerLink
 from .dht import client_node_config, client_options, log_stats, node_config
 
 log = logging.getLogger("sipdht.agent")
@@ -112,7 +112,7 @@ def _ping_args(p: argparse.ArgumentParser) -> None:
                    help="also send BYTES through the peer's echo channel and check them")
 
 
-def print_breakdown(account: str, bd, out=sys.stdout) -> None:
+def print_breakdown(account: str, bd: Breakdown, out: TextIO = sys.stdout) -> None:
     rtt = statistics.median(bd.rtt_ms) if bd.rtt_ms else float("nan")
     first = bd.rtt_ms[0] if bd.rtt_ms else float("nan")
     # The first ping also waits for the callee's side of ICE to finish, so it is shown apart.
@@ -122,14 +122,14 @@ def print_breakdown(account: str, bd, out=sys.stdout) -> None:
           f"path {bd.path}", file=out, flush=True)
 
 
-async def exchange_data(link, size: int) -> None:
+async def exchange_data(link: Link, echo_channel: int, size: int) -> None:
     """Send `size` bytes in chunks to the peer's echo channel and check what comes back."""
     sent = bytes(i % 251 for i in range(size))
     for i in range(0, size, 1000):
-        await link.send(CHANNEL_ECHO, sent[i:i + 1000])
+        await link.send(echo_channel, sent[i:i + 1000])
     got = b""
     while len(got) < size:
-        got += await link.recv(CHANNEL_ECHO, timeout=5)
+        got += await link.recv(echo_channel, timeout=5)
     if got != sent:
         raise OperationFailed("link data integrity check failed")
 
@@ -145,16 +145,16 @@ def cmd_ping(args: argparse.Namespace, config: Config) -> int:
         agent = await _client_agent(args, config)
         try:
             link = await agent.connect(account, max(1.0, args.timeout - (time.monotonic() - start)))
-            if not isinstance(link, PeerLink):
-                raise OperationFailed(f"ping is a protocol v1 diagnostic; {account} was reached "
-                                      "by another account type")
+            if not isinstance(link, Diagnosable):
+                raise OperationFailed(f"ping needs link diagnostics; {account} was reached by "
+                                      "an account type without them")
             bd = link.setup
             try:
                 for i in range(max(1, args.count)):
                     # the first one also waits for the callee's side of ICE to finish
                     bd.rtt_ms.append(await link.ping(timeout=10.0 if i == 0 else 3.0) * 1000)
                 if args.data:
-                    await exchange_data(link, args.data)
+                    await exchange_data(link, link.echo_channel, args.data)
             finally:
                 await link.close("ping done")
         except CallFailure as exc:

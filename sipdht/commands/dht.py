@@ -10,7 +10,11 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from ..cli import (
+from ..config import Config, parse_hostport
+from ..dht.infohash import InfoHash
+from ..dht.node import DhtNode, NodeConfig
+from ..dht.values import Value, new_value
+from .base import (
     EXIT_FAILED,
     EXIT_OK,
     OperationFailed,
@@ -20,11 +24,6 @@ from ..cli import (
     run_async,
     stop_on_signals,
 )
-from ..config import Config, parse_hostport
-from ..dht.infohash import InfoHash
-from ..dht.node import DhtNode, NodeConfig
-from ..dht.policies import secure_policy
-from ..dht.values import Value, new_value
 
 if TYPE_CHECKING:      # get/put/listen import these when run: a plain node needs no crypto
     from ..dht.secure import SecureDht, SecureValue
@@ -60,23 +59,14 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 
 
 def node_config(args: argparse.Namespace, config: Config, client: bool) -> NodeConfig:
-    dht = config.dht
-    port = args.port if args.port is not None else (0 if client else dht.port)
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--port: expected 0-65535, got {port}")
-    return NodeConfig(
-        port=port, bind4=dht.bind4, bind6=dht.bind6, ipv4=dht.ipv4, ipv6=dht.ipv6,
-        network=args.network if args.network is not None else dht.network,
-        rate_limit=dht.rate_limit and not getattr(args, "no_rate_limit", False),
-        client_only=client or dht.client_only,
-        max_storage=dht.max_storage_mb * 1024 * 1024,
-        max_listeners_per_ip=dht.max_listeners_per_ip,
-        bootstrap=args.bootstrap or dht.bootstrap,
-        state_file=dht.state_file,
-        # the composition root picks the store policy: OpenDHT SecureDht's, whose checks
-        # load cryptography only when a signed value or a certificate arrives
-        policy=secure_policy(),
-    )
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise UsageError(f"--port: expected 0-65535, got {args.port}")
+    # the composition root picks the store policy: NodeConfig's default is OpenDHT
+    # SecureDht's, whose checks load cryptography only when a signed value or a certificate
+    # arrives
+    return NodeConfig.from_config(
+        config.dht, port=args.port, bootstrap=args.bootstrap, network=args.network,
+        client=client, rate_limit=False if getattr(args, "no_rate_limit", False) else None)
 
 
 def client_node_config(args: argparse.Namespace, config: Config) -> NodeConfig:

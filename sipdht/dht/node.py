@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..files import write_private
 from . import events as ev
@@ -26,6 +27,9 @@ from .messages import Addr
 from .policies import secure_policy
 from .storage import EditPolicy
 from .values import Query, Value
+
+if TYPE_CHECKING:
+    from ..config import DhtConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,27 @@ class NodeConfig:
     # The store policy; the composition root may pass plain_policy(). The default checks
     # signatures and certificates, importing cryptography only when one arrives.
     policy: EditPolicy = field(default_factory=secure_policy)
+
+    @classmethod
+    def from_config(cls, dht: DhtConfig, *, port: int | None = None,
+                    bootstrap: list[tuple[str, int]] | None = None, network: int | None = None,
+                    client: bool = False, rate_limit: bool | None = None,
+                    policy: EditPolicy | None = None) -> NodeConfig:
+        """A node as the [dht] section describes it; keyword arguments override it (None:
+        keep the section's). A `client` node takes an ephemeral port and serves nobody.
+        `rate_limit=False` turns the limits off; True cannot turn on what [dht] turned off."""
+        return cls(
+            port=port if port is not None else (0 if client else dht.port),
+            bind4=dht.bind4, bind6=dht.bind6, ipv4=dht.ipv4, ipv6=dht.ipv6,
+            network=network if network is not None else dht.network,
+            rate_limit=dht.rate_limit and rate_limit is not False,
+            client_only=client or dht.client_only,
+            max_storage=dht.max_storage_mb * 1024 * 1024,
+            max_listeners_per_ip=dht.max_listeners_per_ip,
+            bootstrap=list(bootstrap if bootstrap is not None else dht.bootstrap),
+            state_file=dht.state_file,
+            policy=policy if policy is not None else secure_policy(),
+        )
 
 
 class _Endpoint:

@@ -13,11 +13,14 @@ import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..account import (
+    Breakdown,
     CallFailure,
     Device,
     IncomingLink,
@@ -31,13 +34,14 @@ from ..config import Config, PolicyConfig
 from ..dht.secure import SecureDht, SecureValue
 from ..dht.values import Value
 from ..tasks import Supervisor
-from .ice import IceConfig, IceSession
-from .link import Breakdown, PeerLink
+from .ice import IceConfig, IceParams, IceSession
+from .link import PeerLink
 from .locator import Locator, Resolution
 from .sealing import EphemeralKey, LinkCrypto, derive_keys
-from .signaling import IncomingCall, RefusedOffer, Signaling, inbox_key
+from .signaling import Answer, IncomingCall, RefusedOffer, Signaling, inbox_key
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NAME = "sipdht/1"
 MAX_SETUPS = 8              # incoming link set-ups (ICE sessions) at a time
@@ -149,7 +153,8 @@ class V1Account:
         link.setup = bd                 # shown by `sipdht ping`
         return link
 
-    async def _call(self, account, key, params, mine, uri, deadline, device):
+    async def _call(self, account: str, key: rsa.RSAPublicKey, params: IceParams,
+                    mine: EphemeralKey, uri: str, deadline: float, device: str) -> Answer:
         try:
             return await self.signaling.call(account, key, params, mine.public, uri,
                                              _left(deadline), device)
@@ -284,7 +289,7 @@ def _devices(found: Resolution) -> list[Device]:
                    d.protocols) for d in found.devices]
 
 
-def _usable(found: Resolution, account: str, device: str | None):
+def _usable(found: Resolution, account: str, device: str | None) -> rsa.RSAPublicKey:
     """The key to encrypt the offer to, or the failure that says why there is none."""
     if not found.devices or found.public_key is None:
         raise UnknownAccount(account, f"{account} is unknown (no contact record on the DHT)")
@@ -296,7 +301,7 @@ def _usable(found: Resolution, account: str, device: str | None):
     return found.public_key
 
 
-async def _named(coro, account: str):
+async def _named(coro: Awaitable[T], account: str) -> T:
     """Name the account in a NoPath raised by the ICE layer."""
     try:
         return await coro

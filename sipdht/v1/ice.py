@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import aioice
 from aioice.ice import relayed_candidate, server_reflexive_candidate
@@ -52,7 +53,7 @@ def _ipv4_or_name(host: str) -> bool:
 class _Connection(aioice.Connection):
     """aioice with an explicit list of host addresses and several STUN/TURN servers."""
 
-    def __init__(self, config: IceConfig, **kwargs) -> None:
+    def __init__(self, config: IceConfig, **kwargs: Any) -> None:
         # aioice asks STUN over IPv4 only; every server is asked by _srflx, not by aioice
         super().__init__(stun_server=None,
                          turn_server=config.turn[0] if config.turn else None,

@@ -14,9 +14,8 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from ..account import CHANNEL_CONTROL, CHANNEL_SIP, FIRST_MEDIA_CHANNEL, LinkClosed
+from ..account import CHANNEL_CONTROL, CHANNEL_SIP, FIRST_MEDIA_CHANNEL, Breakdown, LinkClosed
 from .framing import FrameError, Reassembler, split
 from .ice import IceSession, path_type
 from .sealing import DropDatagram, LinkCrypto
@@ -30,19 +29,11 @@ CONSENT_TIMEOUT = 20.0
 MAX_QUEUED = 256
 
 
-@dataclass
-class Breakdown:
-    """Where the time of one link setup went (milliseconds), for `sipdht ping`."""
-    lookup_ms: float = 0.0
-    gather_ms: float = 0.0
-    signalling_ms: float = 0.0
-    ice_ms: float = 0.0
-    rtt_ms: list[float] = field(default_factory=list)
-    path: str = ""
-
-
 class PeerLink:
-    """Sealed channels over a connected IceSession (implements sipdht.account.Link)."""
+    """Sealed channels over a connected IceSession (implements sipdht.account.Link and
+    Diagnosable)."""
+
+    echo_channel = CHANNEL_ECHO
 
     def __init__(self, ice: IceSession, crypto: LinkCrypto, peer: str, device: str = "",
                  initiator: bool = False) -> None:

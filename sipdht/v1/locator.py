@@ -104,8 +104,9 @@ class Resolution:
 
 
 def encode_record(device: str, online: bool, published: float) -> bytes:
-    return msgpack.packb({"v": 1, "dev": device, "on": online, "t": published,
-                          "proto": [PROTOCOL]}, use_bin_type=True)
+    packed: bytes = msgpack.packb({"v": 1, "dev": device, "on": online, "t": published,
+                                   "proto": [PROTOCOL]}, use_bin_type=True)
+    return packed
 
 
 def decode_record(data: bytes) -> Device | None:
@@ -124,7 +125,7 @@ class Locator:
     def __init__(self, secure: SecureDht, device_id: str | None = None) -> None:
         self.secure = secure
         self.device_id = device_id or new_device_id()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._vid = _random_vid()
         self._seq = -1                   # of our last record under _vid (a fresh id each run)
         self.stats: Counter[str] = Counter()

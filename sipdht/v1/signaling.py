@@ -98,24 +98,25 @@ def encode(msg: Signal) -> bytes:
             out["uri"] = msg.uri
         if msg.device:
             out["dev"] = msg.device
-    return msgpack.packb(out, use_bin_type=True)
+    packed: bytes = msgpack.packb(out, use_bin_type=True)
+    return packed
 
 
-def _field(obj: dict, name: str, *kinds: type) -> Any:
+def _field(obj: dict[str, Any], name: str, *kinds: type) -> Any:
     value = obj.get(name)
     if not isinstance(value, kinds) or isinstance(value, bool):
         raise SignalError(f"{name}: expected {' or '.join(k.__name__ for k in kinds)}")
     return value
 
 
-def _timestamp(obj: dict) -> float:
+def _timestamp(obj: dict[str, Any]) -> float:
     ts = float(_field(obj, "ts", int, float))
     if not math.isfinite(ts):
         raise SignalError("ts: expected a finite number")
     return ts
 
 
-def _code(obj: dict) -> RefusalCode:
+def _code(obj: dict[str, Any]) -> RefusalCode:
     try:
         return RefusalCode(obj.get("code", RefusalCode.DECLINED))
     except ValueError:
@@ -209,7 +210,7 @@ class Signaling:
                 put.cancel()
 
     @staticmethod
-    def _offer_stored(put: asyncio.Future, fut: asyncio.Future, callee: str) -> None:
+    def _offer_stored(put: asyncio.Future[int], fut: asyncio.Future[Answer], callee: str) -> None:
         if fut.done() or put.cancelled():
             return
         error = put.exception()

@@ -71,7 +71,7 @@ async def send_raw_offer(agent: Agent, bob: Agent, offer: Offer) -> str:
     """Send a hand-made offer with the caller's machinery and wait for the verdict."""
     fut = asyncio.get_running_loop().create_future()
     agent.v1.signaling._pending[offer.id] = (bob.account, fut)
-    key = (await agent.lookup(bob.account)).public_key
+    key = (await agent.v1.locator.resolve(bob.account)).public_key
     await agent.v1.signaling.send(bob.account, key, offer)
     return await refused_within(fut, 5)
 
@@ -227,7 +227,7 @@ async def test_an_owner_key_of_an_unknown_algorithm_does_not_stop_incoming_calls
     try:
         unknown_spki = bytes.fromhex("300c300506032a03040303000102")    # OID 1.2.3.4
         forger = SimpleNamespace(public_key_der=unknown_spki, sign=lambda data: b"s" * 64)
-        bob_key = (await alice.lookup(bob.account)).public_key
+        bob_key = (await alice.v1.locator.resolve(bob.account)).public_key
         bad = encrypt_value(forger, Value(id=new_call_id(), type=CALL_TYPE, data=b"x"), bob_key)
         assert await alice.node.put(inbox_key(bob.account), bad) > 0
         await asyncio.sleep(0.5)

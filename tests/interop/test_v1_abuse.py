@@ -164,7 +164,7 @@ async def test_a_burst_of_offers_starts_a_bounded_number_of_ice_sessions(dht, id
     mallory = make_agent(dht, idents["mallory"], serve=False)
     await started(bob, mallory)
     try:
-        key = (await mallory.lookup(bob.account)).public_key
+        key = (await mallory.v1.locator.resolve(bob.account)).public_key
         # candidates nobody answers: each accepted offer keeps an ICE session busy
         ice = IceParams("abcd", "p" * 22, ["1 1 UDP 2130706431 127.0.0.1 9 typ host"])
         for _ in range(3 * MAX_SETUPS):

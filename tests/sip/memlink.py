@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ class MemLink:
         self.initiator = initiator
         self.loss = loss
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.last_used = time.monotonic()
         self.other: MemLink | None = None
         self._queues: defaultdict[int, asyncio.Queue[bytes]] = defaultdict(asyncio.Queue)
         self._handlers: dict[int, Callable[[bytes], None]] = {}
@@ -36,6 +38,7 @@ class MemLink:
         if self.closed.done():
             raise LinkClosed(self.closed.result())
         self.sent[channel] += 1
+        self.last_used = time.monotonic()
         if self.loss and random.random() < self.loss:
             self.dropped += 1
             return
@@ -45,6 +48,7 @@ class MemLink:
     def _deliver(self, channel: int, message: bytes) -> None:
         if self.closed.done():
             return
+        self.last_used = time.monotonic()
         handler = self._handlers.get(channel)
         if handler is not None:
             handler(message)
