@@ -127,3 +127,91 @@ def test_a_signal_during_start_up_is_a_clean_stop(ini, command):
     # 0.1 s: while the modules are still loading
     rc, err = interrupted([command, "--config", str(ini)], lambda proc: time.sleep(0.1))
     assert rc == 0 and "Traceback" not in err, err
+
+
+# --- what `lookup` and the node commands build on, without a network -------------------------
+
+
+def test_lookup_prints_the_account_then_its_devices():
+    import io
+
+    from sipdht.account import Device, Lookup
+    from sipdht.commands.agent import print_lookup
+
+    acct = "a" * 40
+    found = Lookup(acct, (Device(acct, "d1", True, 12.4, protocols=("sipdht/1",)),
+                          Device(acct, "d2", False, 300.0, protocols=("sipdht/1",))))
+    out = io.StringIO()
+    assert print_lookup(found, out) == 0
+    assert out.getvalue() == (f"{acct} online record-age=12s\n"
+                              "  device d1 online age=12s sipdht/1\n"
+                              "  device d2 offline age=300s sipdht/1\n")
+    out = io.StringIO()
+    assert print_lookup(Lookup(acct, found.devices[1:]), out) == 1
+    assert out.getvalue().startswith(f"{acct} offline record-age=300s\n")
+    out = io.StringIO()
+    assert print_lookup(Lookup(acct), out) == 1
+    assert out.getvalue() == f"{acct} offline no-record\n"
+
+
+def test_agent_lookup_asks_every_account_type(tmp_path):
+    """The agent answers `lookup` through sipdht.account's AccountType.resolve, not through
+    one account type's own classes."""
+    import asyncio
+
+    from sipdht import identity
+    from sipdht.account import Device
+    from sipdht.agent import Agent
+    from sipdht.config import load_config
+    from sipdht.dht.node import NodeConfig
+
+    class Accounts:
+        def __init__(self, name: str, devices: list[Device]) -> None:
+            self.name, self.devices, self.asked = name, devices, []
+
+        async def resolve(self, account: str) -> list[Device]:
+            self.asked.append(account)
+            return self.devices
+
+    acct = "b" * 40
+    config = load_config(loopback_ini(tmp_path / "s.ini"))
+    agent = Agent(config, identity.generate(identity.MIN_KEY_BITS), NodeConfig(), serve=False)
+    one = Accounts("one/1", [Device(acct, "d1", False, 50.0)])
+    two = Accounts("two/1", [Device(acct, "d2", True, 5.0)])
+    agent.pool.accounts = [one, two]
+    found = asyncio.run(agent.lookup(acct))
+    assert one.asked == two.asked == [acct]
+    assert [d.id for d in found.devices] == ["d1", "d2"]
+    assert found.online and found.record_age == 5.0
+
+
+def test_a_node_config_is_built_from_the_dht_section_without_argparse(tmp_path):
+    from sipdht.commands import load_all
+    from sipdht.commands.base import UsageError
+    from sipdht.commands.dht import node_config
+    from sipdht.config import load_config
+    from sipdht.dht.node import NodeConfig
+    from sipdht.dht.storage import EditPolicy
+
+    ini = tmp_path / "d.ini"
+    ini.write_text("[dht]\nport = 4333\nnetwork = 7\nbootstrap = 192.0.2.1:4222\n"
+                   "max_storage_mb = 2\nrate_limit = true\n")
+    dht = load_config(ini).dht
+    cfg = NodeConfig.from_config(dht)
+    assert (cfg.port, cfg.network, cfg.bootstrap, cfg.max_storage) == \
+        (4333, 7, [("192.0.2.1", 4222)], 2 * 1024 * 1024)
+    assert cfg.rate_limit and not cfg.client_only and isinstance(cfg.policy, EditPolicy)
+    client = NodeConfig.from_config(dht, client=True, network=0, bootstrap=[("::1", 5)],
+                                    rate_limit=False)
+    assert (client.port, client.network, client.bootstrap) == (0, 0, [("::1", 5)])
+    assert client.client_only and not client.rate_limit
+    assert NodeConfig.from_config(dht, client=True, port=4444).port == 4444
+
+    load_all()
+    from sipdht.cli import build_parser
+
+    args = build_parser().parse_args(["node", "-p", "0", "-n", "3", "-U"])
+    via_cli = node_config(args, load_config(ini), client=False)
+    assert (via_cli.port, via_cli.network, via_cli.rate_limit) == (0, 3, False)
+    with pytest.raises(UsageError, match="--port: expected 0-65535, got 70000"):
+        node_config(build_parser().parse_args(["node", "-p", "70000"]), load_config(ini), False)

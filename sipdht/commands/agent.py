@@ -10,7 +10,7 @@ import sys
 import time
 from typing import TextIO
 
-from ..account import Breakdown, CallFailure, Diagnosable, Link, LinkClosed
+from ..account import Breakdown, CallFailure, Diagnosable, Link, LinkClosed, Lookup
 from ..agent import Agent
 from ..config import Config
 from ..sip.gateway import GatewayError
@@ -94,15 +94,20 @@ def cmd_lookup(args: argparse.Namespace, config: Config) -> int:
             raise OperationFailed(f"lookup did not complete within {args.timeout:g} s") from None
         finally:
             await agent.stop()
-        age = found.record_age
-        print(f"{account} {'online' if found.online else 'offline'}"
-              + (f" record-age={age:.0f}s" if age is not None else " no-record"))
-        for dev in found.devices:
-            print(f"  device {dev.id} {'online' if dev.online else 'offline'} "
-                  f"age={dev.age:.0f}s {' '.join(dev.protocols)}")
-        return EXIT_OK if found.online else EXIT_FAILED
+        return print_lookup(found)
 
     return run_async(main())
+
+
+def print_lookup(found: Lookup, out: TextIO = sys.stdout) -> int:
+    """The account's state, then one line per device; exit 0 only when it is online."""
+    age = found.record_age
+    print(f"{found.account} {'online' if found.online else 'offline'}"
+          + (f" record-age={age:.0f}s" if age is not None else " no-record"), file=out)
+    for dev in found.devices:
+        print(f"  device {dev.id} {'online' if dev.online else 'offline'} "
+              f"age={dev.age:.0f}s {' '.join(dev.protocols)}", file=out)
+    return EXIT_OK if found.online else EXIT_FAILED
 
 
 def _ping_args(p: argparse.ArgumentParser) -> None:

@@ -1,13 +1,15 @@
 """Protocol v1, sans-IO: link keys, AEAD, replay window, framing; signalling payloads and
 refusals."""
 
+import asyncio
 import math
 import time
 
 import msgpack
 import pytest
 
-from sipdht.account import MAX_MESSAGE, RefusalCode
+from sipdht.account import MAX_MESSAGE, Breakdown, Diagnosable, Link, RefusalCode
+from sipdht.commands.agent import exchange_data
 from sipdht.config import PolicyConfig
 from sipdht.v1.framing import (
     CHUNK,
@@ -20,6 +22,7 @@ from sipdht.v1.framing import (
     split,
 )
 from sipdht.v1.ice import IceParams, path_type
+from sipdht.v1.link import PeerLink
 from sipdht.v1.sealing import (
     BadKey,
     DropDatagram,
@@ -255,3 +258,52 @@ def test_partial_messages_are_bounded_and_expire():
 def test_malformed_frames_are_refused(frame):
     with pytest.raises(FrameError):
         Reassembler().receive(1, frame, 0.0)
+
+
+class _Wire:
+    """One end of an in-memory ICE path: what one end sends, the other receives."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.other: _Wire | None = None
+        self.conn = self
+
+    async def send(self, datagram: bytes) -> None:
+        self.send_now(datagram)
+
+    def send_now(self, datagram: bytes) -> bool:
+        assert self.other is not None
+        self.other.inbox.put_nowait(datagram)
+        return True
+
+    async def recv(self) -> bytes:
+        return await self.inbox.get()
+
+    def path(self) -> tuple[str, str]:
+        return ("host", "host")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_peer_link_is_a_link_with_diagnostics_the_cli_can_use():
+    """`sipdht ping` sees the link only through sipdht.account: Link and Diagnosable."""
+
+    async def main() -> None:
+        a, b = _Wire(), _Wire()
+        a.other, b.other = b, a
+        to_b, to_a = pair()
+        caller, callee = PeerLink(a, to_b, B, initiator=True), PeerLink(b, to_a, A)
+        try:
+            assert isinstance(caller, Link) and isinstance(caller, Diagnosable)
+            assert caller.setup == Breakdown()
+            idle_since = caller.last_used
+            assert 0 < await caller.ping(timeout=2.0) < 2.0
+            assert caller.last_used == idle_since          # control traffic keeps a link idle
+            await exchange_data(caller, caller.echo_channel, 5000)   # the callee echoes
+            assert caller.last_used > idle_since
+        finally:
+            await caller.close()
+            await callee.close()
+
+    asyncio.run(main())
