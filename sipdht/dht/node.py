@@ -19,8 +19,9 @@ from pathlib import Path
 
 from ..files import write_private
 from . import events as ev
+from .addresses import family_of
 from .bootstrap import Joiner
-from .engine import DhtEngine, family_of
+from .engine import DhtEngine
 from .infohash import InfoHash
 from .messages import Addr
 from .policies import secure_policy
