@@ -51,14 +51,30 @@ class Context:
         self.timers: list[tuple[float, int, Timer]] = []
         self.seq = itertools.count()        # tie-breaker of equal times in every heap
         self.out: list[tuple[bytes, Addr]] = []
-        # 600 bytes, but pop(0) on a list is quadratic in a burst
-        self.events: deque[ev.Event] = deque()
+        # Made on first use and dropped once drained: a deque is 600 bytes (a simulation
+        # holds thousands of engines), but pop(0) on a list is quadratic in a burst.
+        self.events: deque[ev.Event] | None = None
         self.budget: tuple[Addr, list[int]] | None = None
 
     def at(self, when: float, fn: Callable[[float], None]) -> Timer:
         timer = Timer(when, fn)
         heapq.heappush(self.timers, (when, next(self.seq), timer))
         return timer
+
+    def emit(self, event: ev.Event) -> None:
+        events = self.events
+        if events is None:
+            events = self.events = deque()
+        events.append(event)
+
+    def next_event(self) -> ev.Event | None:
+        events = self.events
+        if not events:
+            return None
+        event = events.popleft()
+        if not events:
+            self.events = None
+        return event
 
     def send(self, data: bytes, addr: Addr) -> None:
         budget = self.budget

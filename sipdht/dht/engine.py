@@ -138,12 +138,12 @@ class DhtEngine:
             _, _, timer = heapq.heappop(timers)
             if not timer.cancelled:
                 timer.fn(now)
-        if self.searches.waiting:
-            self.searches.start_listens(now)
+        searches = self.searches
+        if searches.listen_queue or searches.resume:
+            searches.start_listens(now)
 
     def next_event(self) -> ev.Event | None:
-        events = self.ctx.events
-        return events.popleft() if events else None
+        return self.ctx.next_event()
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         self.ctx.now = now
@@ -178,8 +178,9 @@ class DhtEngine:
             self._on_error(whole, addr, now)
         else:
             self._on_legacy_update(whole, addr, now)
-        if self.searches.waiting:
-            self.searches.start_listens(now)
+        searches = self.searches
+        if searches.listen_queue or searches.resume:
+            searches.start_listens(now)
 
     # --- operations -------------------------------------------------------------------------
 
@@ -334,7 +335,7 @@ class DhtEngine:
             return
         self._connected = True
         self._bootstrap_wait = BOOTSTRAP_RETRY
-        self.ctx.events.append(ev.Connectivity(len(self.good_nodes(now))))
+        self.ctx.emit(ev.Connectivity(len(self.good_nodes(now))))
         self._step_own_search(now)      # find our neighbourhood
 
     def _step_own_search(self, now: float) -> None:
@@ -356,7 +357,7 @@ class DhtEngine:
             self._step_own_search(now)      # fill our neighbourhood
         if self._connected and not good:
             self._connected = False
-            self.ctx.events.append(ev.Connectivity(0))
+            self.ctx.emit(ev.Connectivity(0))
             self._ping_bootstrap(now)
         rng = self.ctx.rng
         delay = rng.uniform(5, 25) if len(good) < TARGET_NODES else rng.uniform(60, 180)

@@ -113,7 +113,7 @@ class Operations:
                 op.seen.add(tag)
                 fresh.append(v)
         if fresh:
-            self.ctx.events.append(ev.GetValues(op.id, fresh))
+            self.ctx.emit(ev.GetValues(op.id, fresh))
 
     def found(self, gets: list[GetOp], listens: list[ListenOp], values: list[Value]) -> None:
         """Values a search found, for its gets and its listens."""
@@ -128,11 +128,11 @@ class Operations:
         if op.searches or self.by_id.get(op.id) is not op:
             return
         if isinstance(op, GetOp):
-            self.ctx.events.append(ev.GetDone(op.id, op.ok, op.hops))
+            self.ctx.emit(ev.GetDone(op.id, op.ok, op.hops))
             del self.by_id[op.id]
         elif not op.reported:
             op.reported = True
-            self.ctx.events.append(ev.PutDone(op.id, len(op.stored)))
+            self.ctx.emit(ev.PutDone(op.id, len(op.stored)))
             if not op.permanent:
                 del self.by_id[op.id]
 
@@ -162,7 +162,7 @@ class Operations:
         for v in values:
             self._cache_value(op, v)
         if fresh:
-            self.ctx.events.append(ev.ListenValues(op.id, kind, fresh))
+            self.ctx.emit(ev.ListenValues(op.id, kind, fresh))
 
     def listen_ids(self, op: ListenOp, kind: str, vids: list[int]) -> None:
         values = [op.known[vid] for vid in vids if vid in op.known]
@@ -172,7 +172,7 @@ class Operations:
             else:
                 self._cache_until(op, v.id, self.ctx.now + type_expiration(v.type))
         if values:
-            self.ctx.events.append(ev.ListenValues(op.id, kind, values))
+            self.ctx.emit(ev.ListenValues(op.id, kind, values))
 
     # --- the listens' value caches ----------------------------------------------------------
 

@@ -51,7 +51,7 @@ class Searches:
     handed to storers, each naming one search node."""
 
     __slots__ = ("ctx", "requests", "ops", "by_family", "listen_sids", "_cached",
-                 "_tokens_seen", "_listen_queue", "_resume")
+                 "_tokens_seen", "listen_queue", "resume")
 
     def __init__(self, ctx: Context, requests: Requests, ops: Operations,
                  listen_sids: dict[int, tuple[Search, SearchNode]]) -> None:
@@ -65,10 +65,10 @@ class Searches:
         self._cached: dict[int, OrderedDict[InfoHash, None]] = {}
         self._tokens_seen: dict[Addr, tuple[bytes, float]] = {}    # write tokens, when given
         # Listens waiting for LISTEN_START_WINDOW, and listen searches revived (_revive) to
-        # step likewise; made on first use (a deque is 600 bytes, a simulation holds
+        # step likewise (the engine starts them after every entry point); made on first use (a deque is 600 bytes, a simulation holds
         # thousands of engines)
-        self._listen_queue: deque[ListenOp] | None = None
-        self._resume: deque[Search] | None = None
+        self.listen_queue: deque[ListenOp] | None = None
+        self.resume: deque[Search] | None = None
 
     # --- operations joining and leaving searches --------------------------------------------
 
@@ -89,25 +89,20 @@ class Searches:
             self.step(search, now)
 
     def queue_listen(self, op: ListenOp, now: float) -> None:
-        if self._listen_queue is None:
-            self._listen_queue = deque()
-        self._listen_queue.append(op)
+        if self.listen_queue is None:
+            self.listen_queue = deque()
+        self.listen_queue.append(op)
         self.start_listens(now)
-
-    @property
-    def waiting(self) -> bool:
-        """Listens (or revived listen searches) wait for room in the request window."""
-        return bool(self._listen_queue or self._resume)
 
     def start_listens(self, now: float) -> None:
         """Attach queued listens to their searches while the request window has room (a
         listen joining a search already under way costs nothing and never waits)."""
         pending, by_family = self.requests.pending, self.by_family
-        while self._resume and len(pending) < LISTEN_START_WINDOW:
-            search = self._resume.popleft()
+        while self.resume and len(pending) < LISTEN_START_WINDOW:
+            search = self.resume.popleft()
             if by_family[search.family].get(search.target) is search and search.listens:
                 self.step(search, now)
-        queue = self._listen_queue
+        queue = self.listen_queue
         while queue and (len(pending) < LISTEN_START_WINDOW
                          or any(queue[0].key in by_family[f] for f in self.ctx.families)):
             op = queue.popleft()
@@ -498,9 +493,9 @@ class Searches:
             if op.permanent:
                 self._reannounce(search, op, now)
         if search.listens and self._revive(search, now):
-            if self._resume is None:
-                self._resume = deque()
-            self._resume.append(search)         # stepped within the request window
+            if self.resume is None:
+                self.resume = deque()
+            self.resume.append(search)         # stepped within the request window
             self.start_listens(now)
         elif search.busy:
             self.step(search, now)
