@@ -23,7 +23,7 @@ from .messages import Addr, Message
 from .routing import Node, RoutingTable
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Timer:
     when: float
     fn: Callable[[float], None]

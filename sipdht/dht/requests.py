@@ -31,7 +31,7 @@ def ignore(*_: Any) -> None:
     """An answer (or expiry) nobody waits for: a ping's, an update's."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     tid: int
     addr: Addr
