@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._common import add_summary_option, summary_row, write_summary  # noqa: E402
-from sipdht.dht.engine import family_of  # noqa: E402
+from sipdht.dht.addresses import family_of  # noqa: E402
 from sipdht.dht.infohash import InfoHash  # noqa: E402
 from sipdht.dht.routing import K  # noqa: E402
 from sipdht.dht.sim import SimNetwork, SimNode, build, summarize  # noqa: E402

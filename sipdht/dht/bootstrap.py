@@ -15,7 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from .engine import family_of
+from .addresses import family_of
 from .messages import Addr
 
 log = logging.getLogger(__name__)

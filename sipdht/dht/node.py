@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 from ..files import write_private
 from . import events as ev
+from .addresses import family_of
 from .bootstrap import Joiner
-from .engine import DhtEngine, family_of
+from .engine import DhtEngine
 from .infohash import InfoHash
 from .messages import Addr
 from .policies import secure_policy
@@ -205,7 +206,9 @@ class DhtNode:
         self.engine.families = tuple(self._endpoints)
         self._load_state()
         joiner = Joiner(self, cfg.bootstrap, self.engine.families)
-        await joiner.attempt()       # resolved and pinged when start() returns, as before
+        # The first attempt is awaited: once start() returns, the bootstrap names are
+        # resolved and pinged, so a lookup made at once already has nodes to ask.
+        await joiner.attempt()
         self._joining = asyncio.create_task(joiner.run())   # retries, says when unreachable
         self._after()
 

@@ -2,7 +2,8 @@
 
 Kademlia as OpenDHT runs it: up to SEARCH_NODES tracked by XOR distance, at most
 MAX_IN_FLIGHT requests out, "synced" once the TARGET_NODES closest live nodes
-have answered a get/find with a token recently. The engine drives it.
+have answered a get/find with a token recently. searches.py drives it; what is decided
+from this state alone (which values to fetch from whom) is here.
 
 Gets are paged as a stock OpenDHT client pages them: each node is asked for the ids
 (and seqs) it holds, then every id not yet fetched is asked for on its own, at most
@@ -18,6 +19,7 @@ from typing import Any
 
 from .infohash import InfoHash
 from .routing import Node
+from .values import FIELD_ID, FIELD_SEQ, FieldIndex, Value
 
 SEARCH_NODES = 14
 TARGET_NODES = 8
@@ -148,3 +150,65 @@ class Search:
     def fetches_busy(self, since: float) -> bool:
         """A value fetch is out or still to send for the gets started at `since`."""
         return any(f.pending or f.wanted(since) for f in self.fetches.values())
+
+    def common_where(self) -> tuple:
+        """The gets' filter, sent to the storers when every get of the search shares it."""
+        wheres = {op.query.where if op.query else () for op in self.gets}
+        return wheres.pop() if len(wheres) == 1 else ()
+
+    def listed(self, sn: SearchNode, fields: FieldIndex) -> tuple[int, int]:
+        """A node listed the (id, seq) it holds: remember it as a source of each. Returns
+        (rows that were no ids, ids dropped past MAX_FETCHES)."""
+        if FIELD_ID not in fields.fields:
+            return 0, 0
+        bad = dropped = 0
+        i_id = fields.fields.index(FIELD_ID)
+        i_seq = fields.fields.index(FIELD_SEQ) if FIELD_SEQ in fields.fields else None
+        fetches = self.fetches
+        for row in fields.rows[:MAX_FETCHES]:
+            vid, seq = row[i_id], row[i_seq] if i_seq is not None else 0
+            if type(vid) is not int or type(seq) is not int:
+                bad += 1
+                continue
+            fetch = fetches.get((vid, seq))
+            if fetch is None:
+                if len(fetches) >= MAX_FETCHES:
+                    dropped += 1
+                    continue
+                fetch = fetches[(vid, seq)] = Fetch(vid, seq)
+            if sn not in fetch.sources:
+                fetch.sources.append(sn)
+        return bad, dropped
+
+    def fetched(self, values: list[Value], sent: float) -> None:
+        """Values that came whole need no fetch by id for the gets started before `sent`."""
+        if not self.gets:
+            return
+        fetches = self.fetches
+        for v in values:
+            fetch = fetches.get((v.id, v.seq))
+            if fetch is None:
+                if len(fetches) >= MAX_FETCHES:
+                    continue
+                fetch = fetches[(v.id, v.seq)] = Fetch(v.id, v.seq)
+            fetch.fetched = max(fetch.fetched, sent)
+
+    def fetches_due(self, since: float) -> list[tuple[Fetch, SearchNode]]:
+        """What to fetch by id now for the gets started at `since`, and from whom (taken
+        off its sources), keeping FETCH_IN_FLIGHT out."""
+        if not self.gets or not self.fetches:
+            return []
+        asked = self.inline
+        if asked is not None and asked.pending and not asked.slow:
+            return []       # what it sends whole is not fetched again
+        due: list[tuple[Fetch, SearchNode]] = []
+        inflight = sum(1 for f in self.fetches.values() if f.pending)
+        for fetch in self.fetches.values():
+            if inflight >= FETCH_IN_FLIGHT:
+                break
+            while fetch.wanted(since) and fetch.sources[0].failed:
+                fetch.sources.pop(0)
+            if fetch.wanted(since):
+                due.append((fetch, fetch.sources.pop(0)))
+                inflight += 1
+        return due

@@ -39,7 +39,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from . import events as ev
-from .engine import DhtEngine, family_of
+from .addresses import family_of
+from .engine import DhtEngine
 from .infohash import HASH_LEN, InfoHash
 from .messages import Addr
 from .routing import K

@@ -1,4 +1,5 @@
-"""The value store of a DHT node: values per key, their lifetimes, quotas and listeners.
+"""The value store of a DHT node: values per key, their lifetimes and quotas (the listeners
+of a key are beside it, in listeners.py).
 
 Sans-IO: every time is passed in as `now`, nothing here sleeps, sends or logs, so the
 engine (and the tests) decide when time moves. The rules follow OpenDHT's storage
@@ -37,7 +38,6 @@ MAX_VALUES_PER_SOURCE_KEY = 256
 # type has a store check that proves it legitimate (a certificate at its key id). Otherwise
 # anyone could keep any data for 7 days by calling it a type 4 or 8.
 MAX_REMOTE_LIFETIME = 900.0
-LISTENER_EXPIRE_TIME = 600.0
 
 # Lazy heaps are rebuilt when stale entries outnumber live ones by this much.
 _COMPACT_SLACK = 64
@@ -142,29 +142,18 @@ class EditPolicy:
 
 
 @dataclass
-class Listener:
-    node_id: bytes
-    addr: tuple[str, int]
-    sid: int
-    query: Query
-    version: int  # 0 = legacy notifications, 1 = "update" queries
-    refreshed: float
-
-
-@dataclass
 class _Bucket:
-    """Everything stored under one key; it lives while it has values or listeners."""
+    """Everything stored under one key; it lives while it has values."""
     values: dict[int, StoredValue] = field(default_factory=dict)
-    listeners: dict[tuple[bytes, int], Listener] = field(default_factory=dict)
     by_source: dict[str, int] = field(default_factory=dict)   # remote values per source IP
 
     @property
     def empty(self) -> bool:
-        return not self.values and not self.listeners
+        return not self.values
 
 
 class Storage:
-    """Values and listeners per key, with OpenDHT's lifetimes, edit rules and remote quota."""
+    """Values per key, with OpenDHT's lifetimes, edit rules and remote quota."""
 
     def __init__(self, max_total: int = DEFAULT_MAX_TOTAL, policy: EditPolicy | None = None,
                  max_per_key: int = MAX_VALUES_PER_KEY, value_overhead: int = VALUE_OVERHEAD,
@@ -187,9 +176,6 @@ class Storage:
         self._age_heaps: dict[str, list[tuple[float, int, InfoHash, int]]] = {}
         self._age_entries = 0  # live + stale entries over all age heaps
         self._tick = 0  # tie-breaker: insertion order among equal times
-        self._listener_heap: list[tuple[float, int, InfoHash, Listener]] = []
-        self._listener_count = 0
-        self.listener_work = 0  # listeners visited by expiry and notification (tests count it)
 
     # --- sizes -----------------------------------------------------------------------------
 
@@ -211,8 +197,8 @@ class Storage:
         return dict(self._usage)
 
     def keys(self) -> list[InfoHash]:
-        """Keys with at least one stored value (keys kept only for listeners are left out)."""
-        return [k for k, b in self._buckets.items() if b.values]
+        """Keys with at least one stored value."""
+        return list(self._buckets)
 
     # --- values ----------------------------------------------------------------------------
 
@@ -331,88 +317,6 @@ class Storage:
                 return exp
             heapq.heappop(heap)
         return None
-
-    # --- listeners -------------------------------------------------------------------------
-    # One heap entry per Listener object, keyed on its `refreshed` time when pushed: a refresh
-    # only moves `refreshed`, and the entry is pushed again (once) when it pops early. So no
-    # operation visits listeners it does not act on: expiry pops only what is due (or moved),
-    # a put visits only its key's listeners. `listener_work` counts the listeners visited.
-
-    def add_listener(self, key: InfoHash, listener: Listener) -> bool:
-        """True for a new subscription; False when (node_id, sid) existed and was refreshed."""
-        listeners = self._buckets.setdefault(key, _Bucket()).listeners
-        ident = (listener.node_id, listener.sid)
-        current = listeners.get(ident)
-        if current is None:
-            listeners[ident] = listener
-            self._listener_count += 1
-            self._queue_listener(listener.refreshed, key, listener)
-            return True
-        current.addr = listener.addr
-        current.query = listener.query
-        current.version = listener.version
-        current.refreshed = listener.refreshed
-        return False
-
-    def listener(self, key: InfoHash, node_id: bytes, sid: int) -> Listener | None:
-        bucket = self._buckets.get(key)
-        return bucket.listeners.get((node_id, sid)) if bucket else None
-
-    def listener_count(self, key: InfoHash | None = None) -> int:
-        """Listeners under key (all keys when None), without visiting them."""
-        if key is None:
-            return self._listener_count
-        bucket = self._buckets.get(key)
-        return len(bucket.listeners) if bucket else 0
-
-    def remove_listener(self, key: InfoHash, node_id: bytes, sid: int) -> None:
-        bucket = self._buckets.get(key)
-        if bucket is not None and bucket.listeners.pop((node_id, sid), None) is not None:
-            self._listener_count -= 1
-            self._drop_if_empty(key)
-
-    def listeners(self, key: InfoHash) -> list[Listener]:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            return []
-        self.listener_work += len(bucket.listeners)
-        return list(bucket.listeners.values())
-
-    def expire_listeners(self, now: float, max_age: float = LISTENER_EXPIRE_TIME) -> int:
-        """Drop subscriptions not refreshed within max_age; returns how many were dropped."""
-        return len(self.pop_expired_listeners(now, max_age))
-
-    def pop_expired_listeners(self, now: float, max_age: float = LISTENER_EXPIRE_TIME
-                              ) -> list[tuple[InfoHash, Listener]]:
-        """Drop and return the subscriptions not refreshed within max_age."""
-        dropped: list[tuple[InfoHash, Listener]] = []
-        while self._listener_heap and self._listener_heap[0][0] + max_age < now:
-            _, _, key, lst = heapq.heappop(self._listener_heap)
-            self.listener_work += 1
-            bucket = self._buckets.get(key)
-            ident = (lst.node_id, lst.sid)
-            if bucket is None or bucket.listeners.get(ident) is not lst:
-                continue                                    # removed (or replaced) since
-            if lst.refreshed + max_age < now:
-                del bucket.listeners[ident]
-                self._listener_count -= 1
-                self._drop_if_empty(key)
-                dropped.append((key, lst))
-            else:
-                self._queue_listener(lst.refreshed, key, lst)   # refreshed since: due later
-        return dropped
-
-    def _queue_listener(self, when: float, key: InfoHash, lst: Listener) -> None:
-        self._tick += 1
-        heapq.heappush(self._listener_heap, (when, self._tick, key, lst))
-        if len(self._listener_heap) > 2 * self._listener_count + _COMPACT_SLACK:
-            # entries of removed listeners dominate: rebuild from the live ones
-            self._listener_heap = []
-            for k, bucket in self._buckets.items():
-                for live in bucket.listeners.values():
-                    self._tick += 1
-                    self._listener_heap.append((live.refreshed, self._tick, k, live))
-            heapq.heapify(self._listener_heap)
 
     # --- internals -------------------------------------------------------------------------
 

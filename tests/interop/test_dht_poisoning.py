@@ -62,7 +62,7 @@ def poison(port: int, per_ip: int) -> int:
 def describe(node) -> str:
     e = node.engine
     lines = [str(dict(e.stats))]
-    for fam, searches in e.searches.items():
+    for fam, searches in e.searches.by_family.items():
         for key, search in searches.items():
             lines.append(f"search {fam} {key.hex()[:8]}: " + ", ".join(
                 f"{sn.node.addr[1]} tok={sn.token is not None} failed={sn.failed} "

@@ -76,8 +76,8 @@ async def scenario(d: Dhtnode) -> None:
         acknowledged = await until(lambda: all(
             engine.listening_nodes(x.op) >= LISTEN_NODES for x in listens), ACK_LIMIT)
         assert acknowledged, sum(engine.listening_nodes(x.op) >= LISTEN_NODES for x in listens)
-        held = sum(n.engine.storage.listener_count() for n in nodes)
-        on_dhtnode = sum(1 for fam in engine.searches.values() for s in fam.values()
+        held = sum(n.engine.listeners.count() for n in nodes)
+        on_dhtnode = sum(1 for fam in engine.searches.by_family.values() for s in fam.values()
                          for sn in s.nodes if sn.node.addr == d.address
                          and sn.listen_sid is not None and sn.listen_time > 0)
         assert on_dhtnode > 0                  # dhtnode holds and acknowledged some of them

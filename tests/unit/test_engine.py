@@ -306,7 +306,7 @@ def test_listen_with_bad_token_is_401_and_no_subscription() -> None:
     e = engine()
     [out] = feed(e, query("listen", 6, sender=LISTENER, h=H, token=b"\x00" * 32, sid=1, ve=1), LA)
     assert out.obj["e"][0] == 401
-    assert e.storage.listeners(H) == []
+    assert e.listeners.of(H) == []
     outs = put(e, [Value(id=1, data=b"x")], addr=B, sender=OTHER)
     assert to(outs, LA) == []
 
@@ -369,7 +369,7 @@ def test_expiry_sends_update_with_exp() -> None:
     a = exps[0].obj["a"]
     assert a["exp"] == [9] and a["sid"] == 4242 and "values" not in a and "h" not in a
     assert e.storage.get(H) == []
-    assert len(e.storage.listeners(H)) == 1     # it answered, so it is kept
+    assert len(e.listeners.of(H)) == 1     # it answered, so it is kept
 
 
 def test_unanswered_updates_drop_the_listener_and_answered_keep_it() -> None:
@@ -378,7 +378,7 @@ def test_unanswered_updates_drop_the_listener_and_answered_keep_it() -> None:
     outs = put(e, [Value(id=1, data=b"x")], addr=B, sender=OTHER)
     [upd] = to(outs, LA)
     feed(e, encode_reply(upd.obj["t"], {"id": LISTENER}), LA)     # answered
-    assert upd.obj["t"] not in e.requests and len(e.storage.listeners(H)) == 1
+    assert upd.obj["t"] not in e.requests.pending and len(e.listeners.of(H)) == 1
     outs = put(e, [Value(id=2, data=b"y")], addr=B, sender=OTHER, tid=3)
     [upd] = to(outs, LA)
     sent = []
@@ -387,7 +387,7 @@ def test_unanswered_updates_drop_the_listener_and_answered_keep_it() -> None:
         sent += [o for o in drain(e, T0 + t) if o.dst == LA and o.obj.get("q") == "update"]
     assert len(sent) == 2 and all(o.obj["t"] == upd.obj["t"] for o in sent)   # 3 attempts
     assert sent[0].msg.values == [Value(id=2, data=b"y")]
-    assert e.storage.listeners(H) == []
+    assert e.listeners.of(H) == []
 
 
 def test_legacy_listener_gets_reply_shaped_notifications() -> None:
@@ -408,7 +408,7 @@ def test_legacy_listener_gets_reply_shaped_notifications() -> None:
     assert note.obj["y"] == "r" and note.obj["u"]["exp"] == [31]
     # no answer is expected from a legacy listener: nothing is retried, it stays subscribed
     assert not any(o.obj.get("q") == "update" for o in seen)
-    assert len(e.storage.listeners(H)) == 1
+    assert len(e.listeners.of(H)) == 1
 
 
 def test_update_query_is_answered() -> None:
@@ -495,7 +495,7 @@ def test_replies_are_not_rate_limited() -> None:
         feed(e, query("ping", i + 1, sender=OTHER), B)
     assert e.stats["dropped_rate_limit"] > 0
     feed(e, encode_reply(ping.msg.tid, {"id": OTHER}), B)
-    assert ping.msg.tid not in e.requests
+    assert ping.msg.tid not in e.requests.pending
     assert e.tables[4].find(OTHER).reply_time == T0
 
 
@@ -755,7 +755,7 @@ def test_listen_across_engines_gets_later_put() -> None:
     net, srv, cli = connected_pair()
     op = cli.listen(H, T0)
     net.pump(T0)
-    assert len(srv.storage.listeners(H)) == 1
+    assert len(srv.listeners.of(H)) == 1
     v = Value(id=55, data=b"x" * 1000)          # fragmented update
     tok = token_for(srv, B, sender=OTHER)
     srv.receive_datagram(query("put", 3, sender=OTHER, h=H, token=tok, values=[len(packb(v))]),
@@ -768,28 +768,28 @@ def test_listen_across_engines_gets_later_put() -> None:
     assert [(x.kind, x.values) for x in adds] == [("add", [v])]
     updates = [msgpack.unpackb(d, raw=False) for src, dst, d in net.log
                if src == net.addr(srv) and b"\xa1q\xa6update" in d]
-    assert len(updates) == 1 and updates[0]["t"] not in srv.requests   # answered
+    assert len(updates) == 1 and updates[0]["t"] not in srv.requests.pending   # answered
 
 
 def test_listen_cache_does_not_grow_without_bound() -> None:
     net, srv, cli = connected_pair()
     op = cli.listen(H, T0)
     net.pump(T0)
-    [sid] = list(cli.listen_sids)
+    [sid] = list(cli.searches.listen_sids)
     for i in range(1000):           # ICE candidates: a 60 s lifetime
         v = Value(id=i + 1, type=5, data=b"c" * 100)
         cli.receive_datagram(encode_query("update", 100 + i, {"id": srv.id, "sid": sid, "ve": 1,
                                                               "h": H, "values": [pack(v)]}),
                              net.addr(srv), T0)
     cli.datagrams_to_send(T0)
-    assert len(cli.ops[op].known) == 1000
+    assert len(cli.ops.by_id[op].known) == 1000
     t = T0
     while t < T0 + 3600:            # an hour later, with the listen kept alive
         t += 2.0
         for x in (cli, srv):
             x.handle_timer(t)
         net.pump(t)
-    assert len(cli.ops[op].known) <= 10
+    assert len(cli.ops.by_id[op].known) <= 10
 
 
 # --- more serving details --------------------------------------------------------------------
@@ -896,7 +896,7 @@ def test_a_suspected_node_is_still_asked_when_it_is_the_only_one() -> None:
     account). A suspect is skipped only while other candidates are available."""
     net, srv, cli = connected_pair()
     srv.storage.store(H, Value(id=5, data=b"record", utype="text/plain"), T0)
-    cli._mark_unreachable(net.addr(srv), T0, 5.0)
+    cli.requests.mark_unreachable(net.addr(srv), T0, 5.0)
     op = cli.get(H, T0)
     net.pump(T0)
     got = events(cli)

@@ -13,9 +13,10 @@ import random
 import msgpack
 import pytest
 
-from sipdht.dht.engine import NODES_CACHE_TIME, DhtEngine
+from sipdht.dht.engine import DhtEngine
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.messages import decode, encode_query, encode_reply
+from sipdht.dht.serving import MAX_NODES_CACHE, NODES_CACHE_TIME
 from sipdht.dht.values import Value, pack, packb
 
 T0 = 1000.0
@@ -95,13 +96,12 @@ def test_a_value_is_packed_once_and_equal_values_stay_equal() -> None:
 
 def test_the_node_list_cache_holds_one_window_at_most() -> None:
     """A simulation runs thousands of engines: what they cache must not pile up."""
-    from sipdht.dht.engine import MAX_NODES_CACHE
 
     e = DhtEngine(ME, now=T0, rate_limit=False)
     e.proofs.prove(A[0], T0)
     for i in range(MAX_NODES_CACHE + 50):
         target = InfoHash(i.to_bytes(20, "big"))
         e.receive_datagram(encode_query("find", i + 1, {"id": PEER, "target": target}), A, T0)
-    assert len(e._nodes_cache) == MAX_NODES_CACHE
+    assert len(e.serving.nodes_cache) == MAX_NODES_CACHE
     find_nodes(e, T0 + NODES_CACHE_TIME, 10_000)
-    assert len(e._nodes_cache) == 1
+    assert len(e.serving.nodes_cache) == 1

@@ -8,17 +8,12 @@ from __future__ import annotations
 from collections import Counter
 
 from sipdht.dht import events as ev
-from sipdht.dht.engine import (
-    MAX_LISTENERS_PER_IP,
-    MAX_LISTENERS_PER_KEY,
-    MAX_REPLY_BYTES,
-    MAX_REPLY_IDS,
-    MAX_REPLY_VALUES,
-    DhtEngine,
-)
+from sipdht.dht.engine import DhtEngine
 from sipdht.dht.fragments import MTU
 from sipdht.dht.infohash import InfoHash
+from sipdht.dht.listeners import MAX_LISTENERS_PER_IP, MAX_LISTENERS_PER_KEY
 from sipdht.dht.messages import encode_query, encode_reply, pack_nodes
+from sipdht.dht.serving import MAX_REPLY_BYTES, MAX_REPLY_IDS, MAX_REPLY_VALUES
 from sipdht.dht.storage import MAX_VALUES_PER_SOURCE_KEY
 from sipdht.dht.values import Value, pack, packb
 from tests.unit.test_engine import (
@@ -325,7 +320,7 @@ def test_listen_socket_ids_are_not_sequential() -> None:
     for i in range(8):
         cli.listen(InfoHash(bytes([i]) * 20), T0)
     net.pump(T0)
-    sids = sorted(cli.listen_sids)
+    sids = sorted(cli.searches.listen_sids)
     assert len(sids) == 8
     assert all(b - a > 1000 for a, b in zip(sids, sids[1:], strict=False)), sids
 
@@ -333,7 +328,7 @@ def test_listen_socket_ids_are_not_sequential() -> None:
 def test_update_from_another_address_is_ignored() -> None:
     """200 spoofed updates carrying the right sid used to inject a value into the listen."""
     net, srv, cli, op = listening_pair()
-    [sid] = list(cli.listen_sids)
+    [sid] = list(cli.searches.listen_sids)
     forged = Value(id=666, data=b"forged")
     for i in range(200):
         for kind in ("update", "legacy"):
@@ -365,7 +360,7 @@ def test_listeners_per_ip_are_capped() -> None:
         out = feed(e, query("listen", i + 1, sender=InfoHash(i.to_bytes(20, "big")), h=key,
                             token=tok, sid=i + 1, ve=1), addr)
         accepted += sum(1 for o in out if o.obj.get("y") == "r")
-    total = sum(len(e.storage.listeners(InfoHash(bytes([k]) * 20))) for k in range(7))
+    total = sum(len(e.listeners.of(InfoHash(bytes([k]) * 20))) for k in range(7))
     assert total == accepted <= MAX_LISTENERS_PER_IP
     assert e.stats["listen_refused_cap"] == e.stats["query_listen"] - accepted > 0
     outs = put(e, [Value(id=1, data=b"x")], addr=B, sender=OTHER, key=InfoHash(bytes([0]) * 20))
@@ -379,7 +374,7 @@ def test_listeners_per_key_are_capped() -> None:
         e.proofs.prove(addr[0], T0)
         feed(e, query("listen", i + 1, sender=InfoHash((i + 1).to_bytes(20, "big")), h=H,
                       token=e.tokens.make(addr), sid=7, ve=1), addr)
-    assert len(e.storage.listeners(H)) == MAX_LISTENERS_PER_KEY
+    assert len(e.listeners.of(H)) == MAX_LISTENERS_PER_KEY
     # a listener already in is refreshed, not refused
     addr = ("198.51.100.1", 4222)
     [ack] = feed(e, query("listen", 9999, sender=InfoHash((1).to_bytes(20, "big")), h=H,

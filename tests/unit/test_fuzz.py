@@ -247,7 +247,7 @@ def bulk() -> BulkResult:
         seeds: list[tuple[bytes, tuple[str, int]]] = []
         for i in range(BULK_DATAGRAMS):
             if i % 1000 == 0:
-                pending = [(r.tid, r.addr) for r in list(e.requests.values())[:20]]
+                pending = [(r.tid, r.addr) for r in list(e.requests.pending.values())[:20]]
                 seeds = seed_messages(e, rng, pending)
                 if i % 10_000 == 0:
                     _guard(res, "get", e.get, rng.choice(KEYS), now)
@@ -274,7 +274,7 @@ def bulk() -> BulkResult:
         _guard(res, "handle_timer", e.handle_timer, now)
         _guard(res, "datagrams_to_send", e.datagrams_to_send, now)
         res.stats = dict(e.stats)
-        res.requests = len(e.requests)
+        res.requests = len(e.requests.pending)
         res.partials = len(e.reassembler.partials)
         res.partial_bytes = e.reassembler.total
         res.storage = e.storage.total_size
@@ -285,7 +285,7 @@ def bulk() -> BulkResult:
             now += 0.5
             _guard(res, "handle_timer", e.handle_timer, now)
             _guard(res, "datagrams_to_send", e.datagrams_to_send, now)
-        res.settled_requests = len(e.requests)
+        res.settled_requests = len(e.requests.pending)
         res.settled_partials = len(e.reassembler.partials)
         res.settled_partial_bytes = e.reassembler.total
         # 11 minutes later values (10 min types) and unrefreshed listeners are gone too
@@ -353,7 +353,7 @@ def check_bounds(e: DhtEngine) -> None:
     assert 0 <= e.reassembler.total <= MAX_PARTIAL_BYTES
     assert e.storage.total_size <= MAX_STORAGE
     assert sum(len(t) for t in e.tables.values()) <= MAX_TABLE_NODES
-    assert len(e.requests) <= 4000
+    assert len(e.requests.pending) <= 4000
 
 
 addr_idx = st.lists(st.integers(0, 255), min_size=1, max_size=8)

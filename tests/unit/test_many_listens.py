@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import pytest
 
-from sipdht.dht import engine as engine_mod
-from sipdht.dht.engine import (
-    LISTEN_START_WINDOW,
-    MAX_LISTENERS_PER_IP,
-    MAX_LISTENERS_PER_KEY,
-    DhtEngine,
-    ListenOp,
-)
+from sipdht.dht import serving as serving_mod
+from sipdht.dht.engine import DhtEngine
 from sipdht.dht.infohash import InfoHash
+from sipdht.dht.listeners import MAX_LISTENERS_PER_IP, MAX_LISTENERS_PER_KEY, Listener
 from sipdht.dht.messages import decode, encode_query
+from sipdht.dht.operations import ListenOp
+from sipdht.dht.requests import UNREACHABLE_TIME
 from sipdht.dht.search import LISTEN_NODES, Search
+from sipdht.dht.searches import LISTEN_START_WINDOW, SEARCH_IDLE
 from sipdht.dht.sim import build
-from sipdht.dht.storage import Listener
 from sipdht.dht.values import Value, pack
 
 T0 = 1000.0
@@ -64,17 +61,17 @@ def test_own_listens_paced_all_acknowledged_values_delivered(monkeypatch) -> Non
     gw, putter = sim.nodes[0], sim.nodes[5]
     keys = [InfoHash.get(f"contact-{i}") for i in range(n_listens)]
     ops = [sim.listen(gw, k) for k in keys]
-    assert len(gw.engine.requests) <= LISTEN_START_WINDOW + 8     # no burst of 4 x 5,000 finds
+    assert len(gw.engine.requests.pending) <= LISTEN_START_WINDOW + 8     # no burst of 4 x 5,000 finds
     most_out = 0
 
     def track() -> bool:            # after every simulated event: O(1)
         nonlocal most_out
-        most_out = max(most_out, len(gw.engine.requests))
+        most_out = max(most_out, len(gw.engine.requests.pending))
         return False
     assert every_second(sim, 300, lambda: all(
         gw.engine.listening_nodes(op) >= LISTEN_NODES for op in ops), track)
     assert most_out <= 4 * LISTEN_START_WINDOW, most_out     # searches go on past the start
-    storers = sum(n.engine.storage.listener_count() for n in sim.nodes)
+    storers = sum(n.engine.listeners.count() for n in sim.nodes)
     assert storers >= LISTEN_NODES * n_listens
 
     # Held: a housekeeping tick, and a new search, look at a few searches, not all 5,000.
@@ -113,9 +110,9 @@ def test_cancelled_listens_leave_nothing_behind() -> None:
     sim.run(5.0)
     for op in ops:
         sim.cancel(gw, op)
-    assert gw.engine.local_listens == {}
-    sim.run(engine_mod.SEARCH_IDLE + 10)        # released searches are dropped when idle
-    assert len(gw.engine.searches[4]) <= 2      # our own id's, and at most one other
+    assert gw.engine.ops.local_listens == {}
+    sim.run(SEARCH_IDLE + 10)        # released searches are dropped when idle
+    assert len(gw.engine.searches.by_family[4]) <= 2      # our own id's, and at most one other
 
 
 # --- 2. 100,000 listeners from others, on one engine fed synthetic datagrams -------------------
@@ -169,7 +166,7 @@ def replies(e: DhtEngine, now: float) -> list:
 
 @pytest.fixture
 def crowded(monkeypatch) -> DhtEngine:
-    monkeypatch.setattr(engine_mod, "Listener", CountingListener)
+    monkeypatch.setattr(serving_mod, "Listener", CountingListener)
     e = DhtEngine(ME, now=T0)
     acks = 0
     for i in range(N_KEYS * PER_KEY):
@@ -177,7 +174,7 @@ def crowded(monkeypatch) -> DhtEngine:
         e.receive_datagram(listen_datagram(e, i, i + 1), source(i), now)
         acks += sum(1 for m, _ in replies(e, now) if m.kind == "r")
     assert acks == N_KEYS * PER_KEY
-    assert e.storage.listener_count() == N_KEYS * PER_KEY
+    assert e.listeners.count() == N_KEYS * PER_KEY
     return e
 
 
@@ -220,7 +217,7 @@ def test_hundred_thousand_listeners_expire_and_free_their_ip(crowded) -> None:
     e.datagrams_to_send(T0 + 700)
     # Every listener looked at about once (each entry pops once, a refreshed one twice).
     assert N_KEYS * PER_KEY <= reads["refreshed"] <= 2 * N_KEYS * PER_KEY + len(kept)
-    assert e.storage.listener_count() == len(kept)
+    assert e.listeners.count() == len(kept)
     # A put to an expired listener's key notifies nobody...
     token = e.tokens.make(("203.0.113.5", 4222))
     e.receive_datagram(encode_query("put", 9, {"id": InfoHash(b"\x77" * 20), "h": key_of(1),
@@ -250,7 +247,7 @@ def test_per_key_cap_holds_among_many_ips() -> None:
             "id": InfoHash((i + 1).to_bytes(20, "big")), "h": key,
             "token": e.tokens.make(addr), "sid": 1, "ve": 1}), addr, T0 + i / 1000)
     e.datagrams_to_send(T0 + 1)
-    assert e.storage.listener_count(key) == MAX_LISTENERS_PER_KEY
+    assert e.listeners.count(key) == MAX_LISTENERS_PER_KEY
     assert e.stats["listen_refused_cap"] == 40
 
 
@@ -266,7 +263,7 @@ def test_listen_cache_entries_expire_from_a_heap() -> None:
     sim.run(3.0)
     sim.put(other, InfoHash.get("c7"), Value(id=9, type=5, data=b"short"))   # 60 s type
     sim.run(2.0)
-    op = gw.engine.ops[ops[7]]
+    op = gw.engine.ops.by_id[ops[7]]
     assert isinstance(op, ListenOp)
     assert list(op.known) == [9]
     for node in sim.nodes[:4]:
@@ -297,10 +294,10 @@ def test_listens_come_back_after_the_gateway_was_offline() -> None:
 
     def track() -> bool:
         nonlocal most_out
-        most_out = max(most_out, len(gw.engine.requests))
+        most_out = max(most_out, len(gw.engine.requests.pending))
         return False
     # back once the shared memory of unreachable nodes (120 s) lets them be asked again
-    assert every_second(sim, engine_mod.UNREACHABLE_TIME + 60, all_in, track)
+    assert every_second(sim, UNREACHABLE_TIME + 60, all_in, track)
     assert most_out <= 4 * LISTEN_START_WINDOW, most_out
     sim.start_put(putter, keys[500], Value(id=77, data=b"back"))
     assert every_second(sim, 10, lambda: any(

@@ -116,7 +116,7 @@ def test_a_send_error_is_counted_not_raised() -> None:
         node = await started()
         sock = client()
         try:
-            node.engine._send(b"x", ("127.0.0.1", 0))     # port 0: EINVAL from the kernel
+            node.engine.ctx.send(b"x", ("127.0.0.1", 0))     # port 0: EINVAL from the kernel
             node._after()
             sock.sendto(encode_query("ping", 7, {"id": os.urandom(20)}, client=True),
                         ("127.0.0.1", node.port))

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from sipdht.dht import events as ev
-from sipdht.dht.engine import FIRST_TIMEOUT, DhtEngine
+from sipdht.dht.engine import DhtEngine
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.messages import decode, encode_reply
+from sipdht.dht.requests import FIRST_TIMEOUT
 from sipdht.dht.rtt import RTO_MAX, RTO_MIN, rto, updated
 from sipdht.dht.values import Value
 
@@ -117,7 +118,7 @@ def test_a_search_moves_on_from_a_silent_node_at_the_rto_of_the_network() -> Non
     assert [v.data for x in got if isinstance(x, ev.GetValues) for v in x.values] == [b"record"]
     assert done_at - T0 < 2 * RTO_MIN + 0.02       # was 0.5 s: the fixed first timeout
     cli.handle_timer(T0 + FIRST_TIMEOUT)
-    assert cli._unreachable.get(dead, 0) > T0 + FIRST_TIMEOUT   # silent 0.5 s: all skip it
+    assert cli.requests.unreachable.get(dead, 0) > T0 + FIRST_TIMEOUT   # silent 0.5 s: all skip it
 
 
 def test_a_put_is_done_without_waiting_for_a_dead_storer() -> None:

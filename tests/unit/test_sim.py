@@ -11,10 +11,10 @@ import random
 
 import pytest
 
-from sipdht.dht.engine import FIRST_TIMEOUT
 from sipdht.dht.events import GetDone, PutDone
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.messages import decode
+from sipdht.dht.requests import FIRST_TIMEOUT
 from sipdht.dht.sim import SimNetwork, SimTimeout, build, summarize
 from sipdht.dht.values import Value, new_value
 
@@ -78,7 +78,7 @@ def test_seed_replays_whatever_the_random_module_does():
         stored = sim.put(sim.nodes[3], key, value).stored
         sim.run(400)                        # maintenance and token rotation timers fire
         values, done = sim.get(sim.nodes[7], key)
-        tids = sorted(tid for n in sim.nodes for tid in n.engine.requests)
+        tids = sorted(tid for n in sim.nodes for tid in n.engine.requests.pending)
         return sim.now, dict(sim.stats), stored, done, tids, dict(sim.engine_stats())
 
     assert run(1) == run(12345)

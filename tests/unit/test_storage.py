@@ -1,4 +1,4 @@
-"""Behaviour of the value store: lifetimes, edit policy, quota, listeners, queries."""
+"""Behaviour of the value store: lifetimes, edit policy, quota, queries."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.storage import (
     EditPolicy,
-    Listener,
     Storage,
     StoreStatus,
 )
@@ -30,12 +29,6 @@ def verify_good_sigs(value: Value) -> bool:
 
 def secure_storage(**kwargs) -> Storage:
     return Storage(policy=EditPolicy(verify_good_sigs), **kwargs)
-
-
-def listener(node: bytes = b"n1", sid: int = 1, refreshed: float = T0, **kw) -> Listener:
-    fields = dict(addr=("10.0.0.1", 4222), query=Query(), version=1)
-    fields.update(kw)
-    return Listener(node_id=node, sid=sid, refreshed=refreshed, **fields)
 
 
 # --- store / get / lifetimes ---------------------------------------------------------------
@@ -356,49 +349,16 @@ def test_local_restore_protects_remote_value_from_eviction() -> None:
     assert st.get_stored(K, 1) is not None
 
 
-# --- listeners -----------------------------------------------------------------------------
+# --- a key is forgotten with its last value ------------------------------------------------
 
 
-def test_listener_add_refresh_remove() -> None:
+def test_expired_key_is_forgotten() -> None:
+    """(Listeners are kept beside the store: test_listeners.py.)"""
     st = Storage()
-    assert st.add_listener(K, listener(b"n1", 1)) is True
-    assert st.add_listener(K, listener(b"n1", 2)) is True
-    assert st.add_listener(K, listener(b"n2", 1)) is True
-    q = Query(where=((FIELD_TYPE, 5),))
-    assert st.add_listener(K, listener(b"n1", 1, refreshed=T0 + 5, query=q, version=0,
-                                       addr=("10.0.0.2", 1))) is False
-    ls = st.listeners(K)
-    assert len(ls) == 3
-    first = next(x for x in ls if x.node_id == b"n1" and x.sid == 1)
-    assert (first.query, first.version, first.refreshed, first.addr) == (q, 0, T0 + 5, ("10.0.0.2", 1))
-    st.remove_listener(K, b"n1", 2)
-    assert {(x.node_id, x.sid) for x in st.listeners(K)} == {(b"n1", 1), (b"n2", 1)}
-    st.remove_listener(K, b"nobody", 9)  # unknown: no error
-    st.remove_listener(K2, b"n1", 1)
-    assert st.listeners(K2) == []
-
-
-def test_listeners_expire() -> None:
-    st = Storage()
-    st.add_listener(K, listener(b"old", 1, refreshed=T0))
-    st.add_listener(K, listener(b"new", 1, refreshed=T0 + 300))
-    st.add_listener(K2, listener(b"old", 2, refreshed=T0))
-    assert st.expire_listeners(T0 + 600) == 0
-    assert st.expire_listeners(T0 + 601) == 2
-    assert [x.node_id for x in st.listeners(K)] == [b"new"]
-    assert st.listeners(K2) == []
-    assert st.expire_listeners(T0 + 1000, max_age=100) == 1
-    assert st.listeners(K) == []
-
-
-def test_key_with_listeners_survives_value_expiry() -> None:
-    st = Storage()
-    st.add_listener(K, listener())
     st.store(K, Value(id=1, type=5), T0)
     st.store(K2, Value(id=2, type=5), T0)
     assert sorted(st.expire(T0 + 60)) == sorted([(K, [1]), (K2, [2])])
-    assert len(st.listeners(K)) == 1
-    assert st.refresh(K, 1, T0 + 61) is False  # the key is still known
+    assert st.refresh(K, 1, T0 + 61) is None
     assert st.refresh(K2, 2, T0 + 61) is None
     assert st.keys() == []
 
