@@ -16,7 +16,7 @@ import tempfile
 import pytest
 
 from sipdht.account import NoPath, Offline, RefusalCode, Refused
-from tests.conftest import require_binary
+from tests.harness.requirements import require_binary
 from tests.sip.harness import ALICE, BOB, SipClient, free_port, request, run, start_gateway
 from tests.sip.memlink import MemPool
 

@@ -21,7 +21,7 @@ from sipdht.dht.infohash import InfoHash
 from sipdht.dht.messages import encode_query, encode_reply, pack_nodes
 from sipdht.dht.storage import MAX_VALUES_PER_SOURCE_KEY
 from sipdht.dht.values import Value, pack, packb
-from tests.unit.test_engine import (
+from tests.harness.engine import (
     ME,
     OTHER,
     T0,
