@@ -81,6 +81,7 @@ async def test_dhtnode_put_found_by_our_get_and_listen(dhtnodes):
         await node.stop()
 
 
+@pytest.mark.slow
 async def test_refresh_and_expiry_notifications_from_dhtnode(dhtnodes):
     """A short-lived (type 5, 60 s) value stored only on dhtnode: our listener sees it
     added, refreshed by the permanent-put loop, then expired once the put stops."""
@@ -147,6 +148,7 @@ async def test_big_values_use_fragments_both_ways(dhtnodes):
         await node.stop()
 
 
+@pytest.mark.slow
 async def test_wrong_network_id_is_ignored(dhtnode_bin):
     node = await our_node(None)
     other = Dhtnode(network=16, bootstrap=f"127.0.0.1:{node.port}").start()
@@ -201,6 +203,7 @@ async def test_raw_queries_bad_token_unknown_query_network():
         await node.stop()
 
 
+@pytest.mark.slow
 async def test_ipv6_only_node_with_dhtnode(dhtnode_bin):
     d0 = Dhtnode().start()
     d1 = Dhtnode(bootstrap=f"[::1]:{d0.port}").start()

@@ -70,6 +70,7 @@ def describe(node) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_ip", [25, 75])
 async def test_poisoned_key_still_takes_a_put_and_gives_the_genuine_value(dhtnode_bin, per_ip):
     d0 = Dhtnode().start()

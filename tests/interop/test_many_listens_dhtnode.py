@@ -114,6 +114,7 @@ async def scenario(d: Dhtnode) -> None:
             await node.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.async_timeout(420)
 async def test_ten_thousand_listens_acknowledged_and_delivered(dhtnode_bin) -> None:
     d = Dhtnode(no_rate_limit=True).start()

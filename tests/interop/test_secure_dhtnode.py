@@ -75,6 +75,7 @@ async def test_dhtnode_signed_value_verifies_in_get_and_listen(pair, ident):
         await node.stop()
 
 
+@pytest.mark.slow
 async def test_our_signed_value_is_signed_for_dhtnode(pair, ident):
     d0, d1 = pair
     node = await our_node(d0)
@@ -114,6 +115,7 @@ async def test_encryption_both_ways(pair, ident):
         await node.stop()
 
 
+@pytest.mark.slow
 async def test_dhtnode_saved_identity_signs_as_the_same_id(tmp_path, dhtnode_bin):
     prefix = tmp_path / "saved"
     with Dhtnode(save_identity=str(prefix)) as saver:

@@ -46,6 +46,7 @@ def an_offer(caller: str, callee: str, **kw) -> Offer:
     return Offer(**fields)
 
 
+@pytest.mark.slow
 async def test_forged_stale_replayed_and_denied_offers(dht, idents, tmp_path):
     bob = make_agent(dht, idents["bob"], serve=True, deny=[idents["carol"].account_id],
                      home=tmp_path)

@@ -47,6 +47,7 @@ async def test_a_squatted_record_id_is_detected_and_republished(dht, idents, tmp
         await bob.stop()
 
 
+@pytest.mark.slow
 async def test_the_node_id_does_not_reveal_the_account(dht, idents, tmp_path):
     """Before: node id = SHA1("node:" + account) let anyone find an agent's address."""
     bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
@@ -94,6 +95,7 @@ async def test_an_inbox_flood_is_decrypted_once_per_ciphertext_and_calls_still_w
         await bob.stop()
 
 
+@pytest.mark.slow
 async def test_publish_only_while_a_softphone_is_registered(dht, idents, tmp_path, monkeypatch):
     """[sip] publish = registered: callers see the account offline (480 at once) unless a
     phone is registered at its agent. sipsak is the phone."""

@@ -54,6 +54,7 @@ async def final_for(gw: Gateway, user: str) -> tuple[int, str]:
         phone.close()
 
 
+@pytest.mark.slow
 @async_test
 async def test_sipp_calls_through_two_agents_and_failure_codes(dht, idents, tmp_path):
     require_binary("sipp")
