@@ -1,4 +1,5 @@
 # Two entry points: `make run` and `make test` (see README.md); CI runs `.ci/run` = `make test`.
+# `make test-fast` is the inner loop: the suite without the tests marked slow, no lint, no apt.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ APT_PEERS := dhtnode python3-opendht sip-tester baresip sipsak coturn iptables c
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --quick
 
-.PHONY: run test test-peers venv lint clean bench
+.PHONY: run test test-fast test-peers venv lint clean bench
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,10 @@ test: lint test-peers
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ -n "$$SIPDHT_PYTEST_RC_FILE" ]; then echo $$rc > "$$SIPDHT_PYTEST_RC_FILE"; fi; \
 	exit $$rc
+
+# Everything not marked slow (setup.cfg); CI still runs the whole suite through `make test`.
+test-fast: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # ruff on everything, mypy on the package (settings in pyproject.toml), the layer contracts
 # (setup.cfg [importlinter]) and no import cycles.

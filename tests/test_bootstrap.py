@@ -92,17 +92,13 @@ def _warnings(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == bootstrap.log.name and r.levelno == logging.WARNING]
 
 
-def test_unresolvable_host_is_named_once_per_attempt_and_retried(caplog, fast_retries):
-    async def main() -> dict[str, int]:
+async def test_unresolvable_host_is_named_once_per_attempt_and_retried(caplog, fast_retries):
+    with caplog.at_level(logging.INFO):
         node = _node([(UNRESOLVABLE, 4222)])
         await node.start()
         await asyncio.sleep(1.0)
         stats = node.stats()
         await node.stop()
-        return stats
-
-    with caplog.at_level(logging.INFO):
-        stats = asyncio.run(main())
     lines = _warnings(caplog)
     assert len(lines) >= 2                                   # retried, not given up
     for r in lines:
@@ -112,20 +108,16 @@ def test_unresolvable_host_is_named_once_per_attempt_and_retried(caplog, fast_re
     assert stats.get("sent", 0) == 0                 # nothing was sent anywhere
 
 
-def test_silent_host_is_named_with_its_address(caplog, fast_retries):
+async def test_silent_host_is_named_with_its_address(caplog, fast_retries):
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # never answers
     silent.bind(("127.0.0.1", 0))
     port = silent.getsockname()[1]
-
-    async def main() -> None:
-        node = _node([("localhost", port)])
-        await node.start()
-        await asyncio.sleep(0.7)
-        await node.stop()
-
     try:
         with caplog.at_level(logging.INFO):
-            asyncio.run(main())
+            node = _node([("localhost", port)])
+            await node.start()
+            await asyncio.sleep(0.7)
+            await node.stop()
         silent.settimeout(0)
         assert silent.recv(2048)                             # it was pinged
     finally:
@@ -135,11 +127,10 @@ def test_silent_host_is_named_with_its_address(caplog, fast_retries):
                                 "within 0.2 s; retrying in 0.4 s")
 
 
-def test_joins_once_the_name_resolves(caplog, fast_retries, monkeypatch):
+async def test_joins_once_the_name_resolves(caplog, fast_retries, monkeypatch):
     """DNS fails twice (no network yet), then answers: the node joins without a restart."""
     calls = []
-
-    async def main() -> bool:
+    with caplog.at_level(logging.INFO):
         peer = _node([])
         await peer.start()
 
@@ -155,13 +146,10 @@ def test_joins_once_the_name_resolves(caplog, fast_retries, monkeypatch):
         try:
             joined = await node.wait_connected(5.0)
             await asyncio.sleep(2 * bootstrap.POLL)          # the joiner notices it too
-            return joined
         finally:
             await node.stop()
             await peer.stop()
-
-    with caplog.at_level(logging.INFO):
-        assert asyncio.run(main())
+    assert joined
     assert calls == [UNRESOLVABLE] * 3
     msgs = [r.getMessage() for r in caplog.records if r.name == bootstrap.log.name]
     assert msgs[:2] == [f"bootstrap {UNRESOLVABLE}:4222: cannot resolve the name (Temporary "

@@ -101,7 +101,7 @@ def test_cheap_documented_commands_run(tmp_path):
     assert other.returncode == 0 and other.stdout.strip() == account
 
 
-@pytest.mark.parametrize("target", ["run", "test"])
+@pytest.mark.parametrize("target", ["run", "test", "test-fast"])
 def test_documented_make_targets_exist(target):
     assert any(re.search(rf"^make {target}\b", b, re.M) for b in readme_blocks())
     if shutil.which("make") is None:

@@ -13,9 +13,9 @@ import pytest
 
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.values import new_value
-from tests.interop.test_dht_dhtnode import async_test, our_node
+from tests.harness.dht import our_node
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.async_timeout(300)]
 
 KEY = InfoHash.from_key("amplified")
 
@@ -47,7 +47,6 @@ def exchange(port: int, answer_pings: bool) -> tuple[int, int, list[dict]]:
     return len(get), received, got
 
 
-@async_test
 async def test_unproven_source_gets_at_most_three_times_its_query():
     node = await our_node(None)
     try:

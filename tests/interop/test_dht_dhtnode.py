@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import socket
 
 import msgpack
@@ -12,33 +11,10 @@ import pytest
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.node import DhtNode, NodeConfig
 from sipdht.dht.values import new_value
+from tests.harness.dht import our_node, wait_line
 from tests.harness.dhtnode import Dhtnode
 
-pytestmark = pytest.mark.interop
-
-
-def async_test(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 300))
-    return wrapper
-
-
-async def our_node(bootstrap: Dhtnode | DhtNode | None = None, **kw) -> DhtNode:
-    boot = []
-    if isinstance(bootstrap, Dhtnode):
-        boot = [bootstrap.address]
-    elif isinstance(bootstrap, DhtNode):
-        boot = [("127.0.0.1", bootstrap.port)]
-    node = DhtNode(NodeConfig(bind4="127.0.0.1", ipv6=False, bootstrap=boot, **kw))
-    await node.start()
-    if boot:
-        assert await node.wait_connected(10), "our node could not join"
-    return node
-
-
-async def wait_line(d: Dhtnode, pattern: str, since: int, timeout: float = 20.0):
-    return await asyncio.to_thread(d.wait_for, pattern, timeout, since)
+pytestmark = [pytest.mark.interop, pytest.mark.async_timeout(300)]
 
 
 @pytest.fixture
@@ -71,7 +47,6 @@ async def collect(listen, count: int, timeout: float) -> list[tuple[str, bytes]]
     return got
 
 
-@async_test
 async def test_our_put_found_by_dhtnode_get_and_listen(dhtnodes):
     d0, d1, d2 = dhtnodes(3)
     node = await our_node(d0)
@@ -88,7 +63,6 @@ async def test_our_put_found_by_dhtnode_get_and_listen(dhtnodes):
         await node.stop()
 
 
-@async_test
 async def test_dhtnode_put_found_by_our_get_and_listen(dhtnodes):
     d0, d1 = dhtnodes(2)
     node = await our_node(d1)
@@ -107,7 +81,7 @@ async def test_dhtnode_put_found_by_our_get_and_listen(dhtnodes):
         await node.stop()
 
 
-@async_test
+@pytest.mark.slow
 async def test_refresh_and_expiry_notifications_from_dhtnode(dhtnodes):
     """A short-lived (type 5, 60 s) value stored only on dhtnode: our listener sees it
     added, refreshed by the permanent-put loop, then expired once the put stops."""
@@ -132,7 +106,6 @@ async def test_refresh_and_expiry_notifications_from_dhtnode(dhtnodes):
         await listener.stop()
 
 
-@async_test
 async def test_mixed_network_every_value_found_everywhere(dhtnodes):
     ds = dhtnodes(4)
     ours = [await our_node(ds[i % 4]) for i in range(4)]
@@ -157,7 +130,6 @@ async def test_mixed_network_every_value_found_everywhere(dhtnodes):
             await node.stop()
 
 
-@async_test
 async def test_big_values_use_fragments_both_ways(dhtnodes):
     d0, d1 = dhtnodes(2)
     node = await our_node(d0)
@@ -176,7 +148,7 @@ async def test_big_values_use_fragments_both_ways(dhtnodes):
         await node.stop()
 
 
-@async_test
+@pytest.mark.slow
 async def test_wrong_network_id_is_ignored(dhtnode_bin):
     node = await our_node(None)
     other = Dhtnode(network=16, bootstrap=f"127.0.0.1:{node.port}").start()
@@ -208,7 +180,6 @@ def raw_request(port: int, msg: dict, timeout: float = 1.0) -> dict | None:
         return None
 
 
-@async_test
 async def test_raw_queries_bad_token_unknown_query_network():
     node = await our_node(None)
     me = InfoHash.random()
@@ -232,7 +203,7 @@ async def test_raw_queries_bad_token_unknown_query_network():
         await node.stop()
 
 
-@async_test
+@pytest.mark.slow
 async def test_ipv6_only_node_with_dhtnode(dhtnode_bin):
     d0 = Dhtnode().start()
     d1 = Dhtnode(bootstrap=f"[::1]:{d0.port}").start()
@@ -254,7 +225,6 @@ async def test_ipv6_only_node_with_dhtnode(dhtnode_bin):
         d0.stop()
 
 
-@async_test
 async def test_state_file_rejoins_without_bootstrap(dhtnodes, tmp_path):
     d0, d1 = dhtnodes(2)
     state = tmp_path / "nodes.state"

@@ -16,10 +16,10 @@ import pytest
 
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.values import Value, new_value, pack
+from tests.harness.dht import our_node
 from tests.harness.dhtnode import Dhtnode
-from tests.interop.test_dht_dhtnode import async_test, our_node
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.async_timeout(300)]
 
 JUNK_IPS = [f"127.0.0.{i}" for i in range(2, 42)]
 KEY = InfoHash.from_key("poisoned-inbox")
@@ -70,8 +70,8 @@ def describe(node) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_ip", [25, 75])
-@async_test
 async def test_poisoned_key_still_takes_a_put_and_gives_the_genuine_value(dhtnode_bin, per_ip):
     d0 = Dhtnode().start()
     ours = []

@@ -3,10 +3,13 @@
 import subprocess
 import sys
 
+import pytest
+
 from sipdht import identity
 from tests.harness.dhtnode import Dhtnode
 
 
+@pytest.mark.slow
 def test_dhtnode_saved_identity_has_same_account_and_node_id(tmp_path, dhtnode_bin):
     prefix = tmp_path / "opendht"
     with Dhtnode(save_identity=str(prefix)) as node:

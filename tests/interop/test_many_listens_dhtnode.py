@@ -114,9 +114,11 @@ async def scenario(d: Dhtnode) -> None:
             await node.stop()
 
 
-def test_ten_thousand_listens_acknowledged_and_delivered(dhtnode_bin) -> None:
+@pytest.mark.slow
+@pytest.mark.async_timeout(420)
+async def test_ten_thousand_listens_acknowledged_and_delivered(dhtnode_bin) -> None:
     d = Dhtnode(no_rate_limit=True).start()
     try:
-        asyncio.run(asyncio.wait_for(scenario(d), 420))
+        await scenario(d)
     finally:
         d.stop()

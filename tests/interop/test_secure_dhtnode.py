@@ -16,11 +16,11 @@ from sipdht.dht.infohash import InfoHash
 from sipdht.dht.secure import SecureDht
 from sipdht.dht.storage import EditPolicy
 from sipdht.dht.values import Value, new_value
+from tests.harness.dht import our_node, wait_line
 from tests.harness.dhtnode import Dhtnode
 from tests.harness.requirements import unavailable
-from tests.interop.test_dht_dhtnode import async_test, our_node, wait_line
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.async_timeout(300)]
 PROBE = Path(__file__).resolve().parent.parent / "harness" / "opendht_probe.py"
 
 
@@ -50,7 +50,6 @@ def opendht_owner_ids(port: int, key: str) -> dict[str, str]:
     return dict(line.split() for line in out.stdout.splitlines())
 
 
-@async_test
 async def test_dhtnode_signed_value_verifies_in_get_and_listen(pair, ident):
     d0, d1 = pair
     node = await our_node(d1)
@@ -76,7 +75,7 @@ async def test_dhtnode_signed_value_verifies_in_get_and_listen(pair, ident):
         await node.stop()
 
 
-@async_test
+@pytest.mark.slow
 async def test_our_signed_value_is_signed_for_dhtnode(pair, ident):
     d0, d1 = pair
     node = await our_node(d0)
@@ -92,7 +91,6 @@ async def test_our_signed_value_is_signed_for_dhtnode(pair, ident):
         await node.stop()
 
 
-@async_test
 async def test_encryption_both_ways(pair, ident):
     d0, d1 = pair
     node = await our_node(d0)
@@ -117,7 +115,7 @@ async def test_encryption_both_ways(pair, ident):
         await node.stop()
 
 
-@async_test
+@pytest.mark.slow
 async def test_dhtnode_saved_identity_signs_as_the_same_id(tmp_path, dhtnode_bin):
     prefix = tmp_path / "saved"
     with Dhtnode(save_identity=str(prefix)) as saver:
@@ -136,7 +134,6 @@ async def test_dhtnode_saved_identity_signs_as_the_same_id(tmp_path, dhtnode_bin
             await node.stop()
 
 
-@async_test
 async def test_storage_and_get_reject_forgeries(ident):
     """Our storing node refuses forged/replayed/unsigned edits; our get ignores what a
     non-verifying storer hands out; both are counted."""

@@ -7,56 +7,19 @@ dhtnode as the DHT; NAT traversal itself is covered by tests/netns.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from sipdht import identity
 from sipdht.account import Refused
 from sipdht.agent import Agent
-from sipdht.config import Config
-from sipdht.dht.node import NodeConfig
 from sipdht.v1.framing import split
 from sipdht.v1.ice import IceParams
 from sipdht.v1.link import CHANNEL_ECHO
 from sipdht.v1.signaling import Offer, new_call_id
-from tests.harness.dhtnode import Dhtnode
-from tests.interop.test_dht_dhtnode import async_test
+from tests.harness.agents import make_agent, started
 
-pytestmark = pytest.mark.interop
-
-
-@pytest.fixture(scope="module")
-def idents():
-    return {who: identity.generate(2048) for who in ("alice", "bob", "mallory", "carol")}
-
-
-@pytest.fixture
-def dht(dhtnode_bin):
-    with Dhtnode() as d:
-        yield d
-
-
-def make_agent(d: Dhtnode, ident, serve: bool, deny=(), home: Path | None = None,
-               sip: bool = False, configure=None) -> Agent:
-    cfg = Config()
-    cfg.sip.listen = ("127.0.0.1", 0)
-    cfg.identity.path = (home or Path(tempfile.gettempdir())) / f"id-{ident.account_id[:8]}"
-    cfg.ice.host_addresses = ["127.0.0.1"]
-    cfg.ice.timeout = 5
-    cfg.policy.deny = list(deny)
-    if configure is not None:
-        configure(cfg)
-    node = NodeConfig(bind4="127.0.0.1", ipv6=False, bootstrap=[d.address])
-    return Agent(cfg, ident, node, serve=serve, sip=sip)
-
-
-async def started(*agents: Agent) -> None:
-    for a in agents:
-        assert await a.start()
-    await asyncio.sleep(0.5)          # contact records and certificates on the DHT
+pytestmark = [pytest.mark.interop, pytest.mark.async_timeout(300)]
 
 
 async def refused_within(coro, seconds: float) -> str:
@@ -83,7 +46,7 @@ def an_offer(caller: str, callee: str, **kw) -> Offer:
     return Offer(**fields)
 
 
-@async_test
+@pytest.mark.slow
 async def test_forged_stale_replayed_and_denied_offers(dht, idents, tmp_path):
     bob = make_agent(dht, idents["bob"], serve=True, deny=[idents["carol"].account_id],
                      home=tmp_path)
@@ -125,7 +88,6 @@ async def test_forged_stale_replayed_and_denied_offers(dht, idents, tmp_path):
             await a.stop()
 
 
-@async_test
 async def test_link_integrity_tamper_and_replay(dht, idents, tmp_path):
     bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
     alice = make_agent(dht, idents["alice"], serve=False)
@@ -157,7 +119,6 @@ async def test_link_integrity_tamper_and_replay(dht, idents, tmp_path):
         await bob.stop()
 
 
-@async_test
 async def test_links_are_reused_per_peer_and_carry_64_kib_messages(dht, idents, tmp_path):
     bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
     alice = make_agent(dht, idents["alice"], serve=False)
@@ -180,7 +141,6 @@ async def test_links_are_reused_per_peer_and_carry_64_kib_messages(dht, idents, 
         await bob.stop()
 
 
-@async_test
 async def test_one_malformed_inbox_value_does_not_stop_incoming_calls(dht, idents, tmp_path):
     """Before: an offer whose `ts` was not a number raised AttributeError in the inbox loop,
     which ended it silently: every later call went unanswered."""
@@ -210,7 +170,6 @@ async def test_one_malformed_inbox_value_does_not_stop_incoming_calls(dht, ident
             await a.stop()
 
 
-@async_test
 async def test_an_owner_key_of_an_unknown_algorithm_does_not_stop_incoming_calls(
         dht, idents, tmp_path):
     """Before: an inbox value signed with a key cryptography cannot load raised

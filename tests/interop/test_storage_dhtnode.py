@@ -15,10 +15,10 @@ from sipdht.dht.messages import encode_fragment
 from sipdht.dht.node import DhtNode
 from sipdht.dht.storage import MAX_REMOTE_LIFETIME, MAX_VALUES_PER_SOURCE_KEY
 from sipdht.dht.values import CERTIFICATE_TYPE, Value
+from tests.harness.dht import our_node
 from tests.harness.dhtnode import Dhtnode
-from tests.interop.test_dht_dhtnode import async_test, our_node
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.async_timeout(300)]
 WEEK = 7 * 86400
 
 
@@ -40,7 +40,6 @@ async def get_fresh(bootstrap, key: InfoHash) -> list[Value]:
         await client.stop()
 
 
-@async_test
 async def test_dhtnode_certificate_is_stored_for_a_week(dhtnode_bin):
     """dhtnode -i publishes its certificate (fragmented, ~2 KB) at its key id; our node,
     the only storer, keeps it under OpenDHT's certificate policy with its 7-day life."""
@@ -62,7 +61,6 @@ async def certificate_of(d: Dhtnode, node: DhtNode) -> Value:
     return (await wait_stored(node, InfoHash(bytes.fromhex(d.key_id))))[0]
 
 
-@async_test
 async def test_misplaced_or_fake_certificates_refused_like_dhtnode(dhtnode_bin):
     """A real certificate at another key, or garbage typed 8 at the right key: dhtnode
     refuses both, and so does our node."""
@@ -92,7 +90,6 @@ async def test_misplaced_or_fake_certificates_refused_like_dhtnode(dhtnode_bin):
         await ours.stop()
 
 
-@async_test
 async def test_per_source_cap_where_dhtnode_has_none(dhtnode_bin):
     """One IP puts more values at one key than our per-source cap: dhtnode keeps them all
     (OpenDHT caps 65,536 per key, none per source); our node keeps its cap."""
@@ -145,7 +142,6 @@ async def fragment_flood(port: int, stop: asyncio.Event, sources: int = 8) -> in
     return sent
 
 
-@async_test
 async def test_fragment_flood_does_not_stop_dhtnode_putting_its_certificate(dhtnode_bin):
     """Spoofed 1-byte fragments used to fill every partial-message slot, so a fragmented
     put (here dhtnode's ~2 KB certificate) never completed."""

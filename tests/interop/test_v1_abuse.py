@@ -8,21 +8,12 @@ import pytest
 
 from sipdht.dht.values import Value
 from sipdht.v1 import locator as loc
-from tests.harness.dhtnode import Dhtnode
-from tests.interop.test_dht_dhtnode import async_test
-from tests.interop.test_signaling_security import idents, make_agent, started  # noqa: F401
+from tests.harness.agents import make_agent, started
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.async_timeout(300)]
 
 
-@pytest.fixture
-def dht(dhtnode_bin):
-    with Dhtnode() as d:
-        yield d
-
-
-@async_test
-async def test_a_squatted_record_id_is_detected_and_republished(dht, idents, tmp_path,  # noqa: F811
+async def test_a_squatted_record_id_is_detected_and_republished(dht, idents, tmp_path,
                                                                 monkeypatch):
     """Before: the record's value id was the public device id; one unsigned put under it
     made the account look offline for days while its agent logged "published". Now the id
@@ -56,8 +47,8 @@ async def test_a_squatted_record_id_is_detected_and_republished(dht, idents, tmp
         await bob.stop()
 
 
-@async_test
-async def test_the_node_id_does_not_reveal_the_account(dht, idents, tmp_path):  # noqa: F811
+@pytest.mark.slow
+async def test_the_node_id_does_not_reveal_the_account(dht, idents, tmp_path):
     """Before: node id = SHA1("node:" + account) let anyone find an agent's address."""
     bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)
     await started(bob)
@@ -67,9 +58,8 @@ async def test_the_node_id_does_not_reveal_the_account(dht, idents, tmp_path):  
         await bob.stop()
 
 
-@async_test
 async def test_an_inbox_flood_is_decrypted_once_per_ciphertext_and_calls_still_work(
-        dht, idents, tmp_path, caplog):  # noqa: F811
+        dht, idents, tmp_path, caplog):
     """Before: every inbox value >= 512 B cost an RSA decryption before any check, repeated
     ciphertexts included, and each refusal logged a warning line."""
     import logging
@@ -105,8 +95,8 @@ async def test_an_inbox_flood_is_decrypted_once_per_ciphertext_and_calls_still_w
         await bob.stop()
 
 
-@async_test
-async def test_publish_only_while_a_softphone_is_registered(dht, idents, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.slow
+async def test_publish_only_while_a_softphone_is_registered(dht, idents, tmp_path, monkeypatch):
     """[sip] publish = registered: callers see the account offline (480 at once) unless a
     phone is registered at its agent. sipsak is the phone."""
     from tests.harness.requirements import require_binary
@@ -149,8 +139,7 @@ async def test_publish_only_while_a_softphone_is_registered(dht, idents, tmp_pat
         await bob.stop()
 
 
-@async_test
-async def test_a_burst_of_offers_starts_a_bounded_number_of_ice_sessions(dht, idents, tmp_path):  # noqa: F811
+async def test_a_burst_of_offers_starts_a_bounded_number_of_ice_sessions(dht, idents, tmp_path):
     """Before: every accepted offer started its own ICE session at once (100 offers = 100
     sessions, +30 MB, each pinging the candidates the stranger chose)."""
     import time

@@ -62,6 +62,7 @@ def agents(netlab, coturn, dht_bootstrap, tmp_path):
         a.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode_a,mode_b", [
     ("cone", "cone"), ("fullcone", "fullcone"), ("symmetric", "symmetric"), ("cone", "symmetric"),
 ])
@@ -82,6 +83,7 @@ def test_ping_both_ways_through_nats(agents, set_nat, mode_a, mode_b):
         assert "relay" not in paths
 
 
+@pytest.mark.slow
 def test_offline_callee_fails_fast_with_reason(agents):
     out = agents.topo.run("alice", ["sh", "-c", "true"], timeout=5)
     assert out.returncode == 0

@@ -30,6 +30,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 def test_a_dead_first_stun_and_turn_server_is_skipped(netlab, coturn):
     code = GATHER.format(pub=nl.PUB_IP, me=nl.ALICE_IP)
     out = netlab.run("alice", [nl.PYTHON, "-c", code], timeout=60, capture_output=True,

@@ -12,10 +12,10 @@ import pytest
 from sipdht import identity
 from sipdht.config import SipConfig
 from sipdht.sip.gateway import Gateway
-from tests.conftest import require_binary
+from tests.harness.agents import make_agent, started
+from tests.harness.aio import async_test
 from tests.harness.dhtnode import Dhtnode
-from tests.interop.test_dht_dhtnode import async_test
-from tests.interop.test_signaling_security import make_agent, started
+from tests.harness.requirements import require_binary
 from tests.sip.harness import SipClient, free_port, request
 from tests.sip.test_sip_calls import sipp_call
 
@@ -54,6 +54,7 @@ async def final_for(gw: Gateway, user: str) -> tuple[int, str]:
         phone.close()
 
 
+@pytest.mark.slow
 @async_test
 async def test_sipp_calls_through_two_agents_and_failure_codes(dht, idents, tmp_path):
     require_binary("sipp")

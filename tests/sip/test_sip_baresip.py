@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_binary
+from tests.harness.requirements import require_binary
 from tests.sip.baresip import Baresip, dominant_hz, rms, write_config
 from tests.sip.harness import free_port
 from tests.sip.test_sip_calls import two_gateways

@@ -16,7 +16,7 @@ import tempfile
 import pytest
 
 from sipdht.account import NoPath, Offline, RefusalCode, Refused
-from tests.conftest import require_binary
+from tests.harness.requirements import require_binary
 from tests.sip.harness import ALICE, BOB, SipClient, free_port, request, run, start_gateway
 from tests.sip.memlink import MemPool
 
@@ -110,6 +110,7 @@ def _scenario(name: str, cwd: str) -> list[str]:
     return ["-sf", path]
 
 
+@pytest.mark.slow
 @pytest.mark.interop
 def test_sipp_calls_through_two_gateways_reuse_one_link():
     require_binary("sipp")
@@ -130,6 +131,7 @@ def test_sipp_calls_through_two_gateways_reuse_one_link():
     asyncio.run(main())
 
 
+@pytest.mark.slow
 @pytest.mark.interop
 def test_sipp_calls_over_a_lossy_link_still_succeed():
     """20 % of link messages are lost each way: SIP over the link is retransmitted."""

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import require_binary
+from tests.harness.requirements import require_binary
 from tests.sip.harness import ALICE, SipClient, request, run, start_gateway
 from tests.sip.memlink import MemPool
 

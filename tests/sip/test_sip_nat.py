@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_binary
 from tests.harness import netlab as nl
-from tests.netns.conftest import coturn, dht_bootstrap, netlab, set_nat  # noqa: F401
+from tests.harness.requirements import require_binary
 from tests.sip.baresip import dominant_hz, rms, write_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop, pytest.mark.slow]

@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import require_binary, require_root
 from tests.harness.netlab import require_netns
+from tests.harness.requirements import require_binary, require_root
 from tests.sip.harness import ALICE, run, start_gateway
 from tests.sip.memlink import MemPool
 

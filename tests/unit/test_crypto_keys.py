@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import replace
 
@@ -124,25 +123,25 @@ class Values:
             yield v
 
 
-def secure_get(values: list[Value], me, owner: str | None = None) -> tuple[list, SecureDht]:
+async def secure_get(values: list[Value], me, owner: str | None = None) -> tuple[list, SecureDht]:
     secure = SecureDht(Values(values), me)  # type: ignore[arg-type]
-    return asyncio.run(secure.get(InfoHash.get("k"), owner)), secure
+    return await secure.get(InfoHash.get("k"), owner), secure
 
 
-def test_secure_get_survives_unsupported_owner_keys(alice) -> None:
+async def test_secure_get_survives_unsupported_owner_keys(alice) -> None:
     inner = replace(unsupported_signed(), recipient=alice.key_id)
     encrypted = Value(id=2, cypher=encrypt_raw(to_encrypt(inner),
                                                alice.private_key.public_key()))
     good = sign_value(alice, Value(id=3, data=b"ok"))
-    got, secure = secure_get([unsupported_signed(), encrypted, good], alice)
+    got, secure = await secure_get([unsupported_signed(), encrypted, good], alice)
     assert [sv.value.id for sv in got] == [3]
     assert secure.stats["bad_signature"] == 1 and secure.stats["bad_encrypted"] == 1
 
 
-def test_owner_compared_before_the_signature(alice, bob) -> None:
+async def test_owner_compared_before_the_signature(alice, bob) -> None:
     """A value from another owner is dropped as such, its signature never checked."""
     forged = replace(sign_value(bob, Value(id=1, data=b"x")), signature=b"\x00" * 256)
-    got, secure = secure_get([forged], alice, owner=alice.account_id)
+    got, secure = await secure_get([forged], alice, owner=alice.account_id)
     assert got == []
     assert secure.stats == {"owner_mismatch": 1}
     assert to_sign(forged)   # (the value itself is well formed)

@@ -7,7 +7,6 @@ checks what comes out of datagrams_to_send(), as a stock dhtnode would see it.
 from __future__ import annotations
 
 import tracemalloc
-from dataclasses import dataclass
 
 import msgpack
 import pytest
@@ -22,7 +21,7 @@ from sipdht.dht.fragments import (
     RX_MAX_PACKET_TIME,
     RX_TIMEOUT,
 )
-from sipdht.dht.infohash import ZERO, InfoHash
+from sipdht.dht.infohash import ZERO
 from sipdht.dht.messages import (
     Message,
     decode,
@@ -34,80 +33,29 @@ from sipdht.dht.messages import (
 from sipdht.dht.ratelimit import MAX_PER_IP
 from sipdht.dht.tokens import TOKEN_SIZE
 from sipdht.dht.values import MAX_VALUE_SIZE, Value, pack, packb
-
-T0 = 1000.0
-ME = InfoHash(b"\x55" * 20)
-PEER = InfoHash(b"\x11" * 20)
-OTHER = InfoHash(b"\x22" * 20)
-H = InfoHash.get("sip:alice@example.org")
-A = ("203.0.113.10", 4222)          # the requester
-B = ("203.0.113.20", 5000)          # another peer
-A6 = ("2001:db8::10", 4222)
-
-
-@dataclass
-class Out:
-    dst: tuple[str, int]
-    raw: bytes
-    obj: dict
-    msg: Message
-
-
-MAINTENANCE = ("ping", "find")
-
-
-def drain(e: DhtEngine, now: float = T0, maintenance: bool = False) -> list[Out]:
-    """What the engine sent; its own pings/finds (e.g. of a newcomer) are left out unless asked."""
-    out = []
-    for data, dst in e.datagrams_to_send(now):
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if not maintenance and obj.get("y") == "q" and obj.get("q") in MAINTENANCE:
-            continue
-        out.append(Out(dst, data, obj, decode(data)))
-    return out
-
-
-def feed(e: DhtEngine, data: bytes, addr=A, now: float = T0) -> list[Out]:
-    e.receive_datagram(data, addr, now)
-    return drain(e, now)
-
-
-def silent(e: DhtEngine, data: bytes, addr=A, now: float = T0) -> bool:
-    """The datagram produced nothing at all, not even a ping."""
-    e.receive_datagram(data, addr, now)
-    return e.datagrams_to_send(now) == []
-
-
-def query(name: str, tid: int = 1, sender: bytes = PEER, network: int = 0, **args) -> bytes:
-    return encode_query(name, tid, {"id": sender, **args}, network=network)
-
-
-def engine(prove: bool = True, **kw) -> DhtEngine:
-    """An engine for which the test's peers have already proven their addresses, so it
-    answers them in full (answers to unproven ones: test_engine_hardening.py)."""
-    e = DhtEngine(ME, now=T0, **kw)
-    if prove:
-        for addr in (A, B, A6, LA):
-            e.proofs.prove(addr[0], T0)
-    return e
-
-
-def token_for(e: DhtEngine, addr=A, now: float = T0, sender: bytes = PEER) -> bytes:
-    reply = feed(e, query("get", 900, sender=sender, h=H), addr, now)[0]
-    return reply.msg.token
-
-
-def put(e: DhtEngine, values: list[Value], addr=A, tid: int = 2, now: float = T0,
-        sender: bytes = PEER, key: bytes = H, token: bytes | None = None) -> list[Out]:
-    if token is None:
-        token = token_for(e, addr, now, sender)
-    return feed(e, query("put", tid, sender=sender, h=key, token=token,
-                         values=[pack(v) for v in values]), addr, now)
-
-
-def dropped(e: DhtEngine) -> int:
-    return sum(n for k, n in e.stats.items() if k.startswith("dropped_"))
-
+from tests.harness.engine import (
+    A6,
+    LA,
+    LISTENER,
+    ME,
+    OTHER,
+    PEER,
+    T0,
+    A,
+    B,
+    H,
+    Out,
+    connected_pair,
+    drain,
+    dropped,
+    engine,
+    events,
+    feed,
+    put,
+    query,
+    silent,
+    token_for,
+)
 
 # --- ping / find / get -----------------------------------------------------------------------
 
@@ -270,8 +218,6 @@ def test_refresh_extends_lifetime_and_unknown_vid_succeeds() -> None:
 
 # --- listen / update -------------------------------------------------------------------------
 
-LA = ("203.0.113.30", 6000)            # the listener
-LISTENER = InfoHash(b"\x33" * 20)
 
 
 def listen(e: DhtEngine, sid: int = 4242, ve: int | None = 1, now: float = T0) -> list[Out]:
@@ -677,51 +623,6 @@ def test_stats_keys_bounded_under_arbitrary_error_codes() -> None:
 # --- two engines talking ---------------------------------------------------------------------
 
 
-class Net:
-    """Delivers datagrams between engines by address; everything sent is logged."""
-
-    def __init__(self, **engines: DhtEngine) -> None:
-        self.nodes: dict[tuple[str, int], DhtEngine] = {}
-        self.log: list[tuple[tuple[str, int], tuple[str, int], bytes]] = []
-        for i, name in enumerate(engines):
-            self.nodes[(f"203.0.113.{i + 1}", 4222)] = engines[name]
-
-    def addr(self, e: DhtEngine) -> tuple[str, int]:
-        return next(a for a, x in self.nodes.items() if x is e)
-
-    def pump(self, now: float, rounds: int = 200, drop=lambda src, data, dst: False) -> None:
-        """Deliver until nothing is sent; `drop(src, data, dst)` loses chosen datagrams."""
-        for _ in range(rounds):
-            batch = [(src, data, dst) for src, e in self.nodes.items()
-                     for data, dst in e.datagrams_to_send(now)]
-            if not batch:
-                return
-            self.deliver(batch, now, drop)
-        raise AssertionError("the network did not settle")
-
-    def deliver(self, batch, now: float, drop) -> None:
-        for src, data, dst in batch:
-            self.log.append((src, dst, data))
-            if dst in self.nodes and not drop(src, data, dst):
-                self.nodes[dst].receive_datagram(data, src, now)
-
-
-def events(e: DhtEngine) -> list:
-    out = []
-    while (x := e.next_event()) is not None:
-        out.append(x)
-    return out
-
-
-def connected_pair() -> tuple[Net, DhtEngine, DhtEngine]:
-    srv, cli = DhtEngine(InfoHash(b"\xa0" * 20), now=T0), DhtEngine(InfoHash(b"\xb0" * 20), now=T0)
-    net = Net(srv=srv, cli=cli)
-    cli.add_known_node(srv.id, net.addr(srv), T0)
-    net.pump(T0)
-    assert any(isinstance(x, ev.Connectivity) and x.good_nodes == 1 for x in events(cli))
-    return net, srv, cli
-
-
 def test_big_get_reply_reassembled_by_second_engine() -> None:
     net, srv, cli = connected_pair()
     big = Value(id=99, type=0, data=bytes(range(256)) * 9, utype="text/plain")
@@ -846,7 +747,6 @@ def test_put_creation_time_shortens_lifetime() -> None:
 def test_a_reply_announcing_many_values_is_reassembled() -> None:
     """dhtnode answers a get with every value of a key at once, e.g. a busy call inbox."""
     from sipdht.dht.fragments import Reassembler, fragment_datagrams, split_values
-    from sipdht.dht.messages import Message, decode
     from sipdht.dht.values import new_value
 
     values = [new_value(bytes([i % 256]) * 900) for i in range(100)]

@@ -16,7 +16,7 @@ from sipdht.dht.messages import encode_query, encode_reply, pack_nodes
 from sipdht.dht.serving import MAX_REPLY_BYTES, MAX_REPLY_IDS, MAX_REPLY_VALUES
 from sipdht.dht.storage import MAX_VALUES_PER_SOURCE_KEY
 from sipdht.dht.values import Value, pack, packb
-from tests.unit.test_engine import (
+from tests.harness.engine import (
     ME,
     OTHER,
     T0,

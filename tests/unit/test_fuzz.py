@@ -302,6 +302,7 @@ def bulk() -> BulkResult:
     return res
 
 
+@pytest.mark.slow
 def test_bulk_every_datagram_counted(bulk: BulkResult) -> None:
     assert bulk.fed == BULK_DATAGRAMS
     assert bulk.stats["received"] == bulk.fed
@@ -313,10 +314,12 @@ def test_bulk_every_datagram_counted(bulk: BulkResult) -> None:
     assert bulk.stats.get("dropped_bad_id", 0) + bulk.stats.get("dropped_network", 0) > 0
 
 
+@pytest.mark.slow
 def test_bulk_no_exception_escapes(bulk: BulkResult) -> None:
     assert bulk.escaped == []
 
 
+@pytest.mark.slow
 def test_bulk_memory_bounded(bulk: BulkResult) -> None:
     assert bulk.requests <= 4000
     assert bulk.partials <= MAX_PARTIALS
@@ -439,6 +442,7 @@ def wrong_typed_message(draw) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=200)
 @given(st.lists(wrong_typed_message(), min_size=10, max_size=30), addr_idx)
 def test_wrong_typed_maps(datagrams: list[bytes], addrs: list[int]) -> None:

@@ -13,6 +13,8 @@ import pytest
 from sipdht.account import AccountType, IncomingLink, Link, NoPath, Offline, UnknownAccount
 from sipdht.links import LinkPool
 
+pytestmark = pytest.mark.async_timeout(10)
+
 
 class _Link:
     def __init__(self, peer: str) -> None:
@@ -50,74 +52,64 @@ class _Accounts:
             yield await self.queue.get()
 
 
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 10))
-
-
 def test_the_stand_in_account_type_follows_the_interface():
     assert isinstance(_Accounts(), AccountType)
 
 
-def test_concurrent_calls_share_one_setup_and_later_ones_reuse_it():
-    async def main():
-        acct = _Accounts()
-        pool = LinkPool([acct], idle_timeout=0)
-        links = await asyncio.gather(*(pool.get("b" * 40) for _ in range(20)))
-        assert len({id(ln) for ln in links}) == 1 and acct.connects == ["b" * 40]
-        assert await pool.get("b" * 40) is links[0] and pool.stats["reused"] == 1
-        await links[0].close("gone")
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        assert pool.find("b" * 40) is None                 # a closed link is never reused
-        assert await pool.get("b" * 40) is not links[0] and len(acct.connects) == 2
-        await pool.stop()
-        await pool.tasks.stop()
-    run(main())
+async def test_concurrent_calls_share_one_setup_and_later_ones_reuse_it():
+    acct = _Accounts()
+    pool = LinkPool([acct], idle_timeout=0)
+    links = await asyncio.gather(*(pool.get("b" * 40) for _ in range(20)))
+    assert len({id(ln) for ln in links}) == 1 and acct.connects == ["b" * 40]
+    assert await pool.get("b" * 40) is links[0] and pool.stats["reused"] == 1
+    await links[0].close("gone")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert pool.find("b" * 40) is None                 # a closed link is never reused
+    assert await pool.get("b" * 40) is not links[0] and len(acct.connects) == 2
+    await pool.stop()
+    await pool.tasks.stop()
 
 
-def test_typed_failures_reach_every_waiter():
-    async def main():
-        acct = _Accounts({"c" * 40: Offline("c" * 40, "offline"),
-                          "d" * 40: NoPath("d" * 40, "ICE failed")})
-        pool = LinkPool([acct], idle_timeout=0)
-        for account, kind, status in (("c" * 40, Offline, 480), ("d" * 40, NoPath, 503)):
-            results = await asyncio.gather(pool.get(account), pool.get(account),
-                                           return_exceptions=True)
-            assert all(isinstance(r, kind) and r.sip_status == status for r in results)
-        none = LinkPool([], idle_timeout=0)
-        with pytest.raises(UnknownAccount):
-            await none.get("e" * 40)
-        await pool.tasks.stop()
-    run(main())
+async def test_typed_failures_reach_every_waiter():
+    acct = _Accounts({"c" * 40: Offline("c" * 40, "offline"),
+                      "d" * 40: NoPath("d" * 40, "ICE failed")})
+    pool = LinkPool([acct], idle_timeout=0)
+    for account, kind, status in (("c" * 40, Offline, 480), ("d" * 40, NoPath, 503)):
+        results = await asyncio.gather(pool.get(account), pool.get(account),
+                                       return_exceptions=True)
+        assert all(isinstance(r, kind) and r.sip_status == status for r in results)
+    none = LinkPool([], idle_timeout=0)
+    with pytest.raises(UnknownAccount):
+        await none.get("e" * 40)
+    await pool.tasks.stop()
 
 
-def test_idle_links_close_unless_held_and_incoming_ones_are_announced(monkeypatch):
-    async def main():
-        acct = _Accounts()
-        pool = LinkPool([acct], idle_timeout=0.2)
-        seen: list[tuple[Link, IncomingLink | None]] = []
-        pool.subscribe(lambda link, inc: seen.append((link, inc)))
-        await pool.start()
-        held, idle = await pool.get("f" * 40), await pool.get("a" * 40)
-        pool.hold(held)
-        incoming = _Link("9" * 40)
-        await acct.queue.put(IncomingLink(incoming, "9" * 40, "sip:me@dht"))
-        await asyncio.sleep(0.05)
-        assert [inc.uri if inc else None for _, inc in seen] == [None, None, "sip:me@dht"]
-        assert pool.find("9" * 40) is incoming
-        held.last_used = idle.last_used = incoming.last_used = time.monotonic() - 1
-        for _ in range(40):
-            if idle.closed.done():
-                break
-            await asyncio.sleep(0.1)
-        assert idle.closed.result() == "idle" and not held.closed.done()
-        pool.release(held)
-        for _ in range(40):
-            if held.closed.done():
-                break
-            await asyncio.sleep(0.1)
-        assert held.closed.result() == "idle"
-        await pool.stop()
-        await pool.tasks.stop()
+async def test_idle_links_close_unless_held_and_incoming_ones_are_announced(monkeypatch):
     monkeypatch.setattr("sipdht.links.IDLE_CHECK_MIN", 0.05)
-    run(main())
+    acct = _Accounts()
+    pool = LinkPool([acct], idle_timeout=0.2)
+    seen: list[tuple[Link, IncomingLink | None]] = []
+    pool.subscribe(lambda link, inc: seen.append((link, inc)))
+    await pool.start()
+    held, idle = await pool.get("f" * 40), await pool.get("a" * 40)
+    pool.hold(held)
+    incoming = _Link("9" * 40)
+    await acct.queue.put(IncomingLink(incoming, "9" * 40, "sip:me@dht"))
+    await asyncio.sleep(0.05)
+    assert [inc.uri if inc else None for _, inc in seen] == [None, None, "sip:me@dht"]
+    assert pool.find("9" * 40) is incoming
+    held.last_used = idle.last_used = incoming.last_used = time.monotonic() - 1
+    for _ in range(40):
+        if idle.closed.done():
+            break
+        await asyncio.sleep(0.1)
+    assert idle.closed.result() == "idle" and not held.closed.done()
+    pool.release(held)
+    for _ in range(40):
+        if held.closed.done():
+            break
+        await asyncio.sleep(0.1)
+    assert held.closed.result() == "idle"
+    await pool.stop()
+    await pool.tasks.stop()

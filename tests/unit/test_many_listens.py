@@ -55,6 +55,7 @@ def every_second(sim, limit: float, pred, each=None) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_own_listens_paced_all_acknowledged_values_delivered(monkeypatch) -> None:
     n_listens = 5000          # past MAX_SEARCHES (4,096), where the search table went quadratic
     sim = build(12, seed=3, max_listeners_per_ip=10 * n_listens)
@@ -178,6 +179,7 @@ def crowded(monkeypatch) -> DhtEngine:
     return e
 
 
+@pytest.mark.slow
 def test_hundred_thousand_listeners_cost_per_operation_not_per_listener(crowded) -> None:
     e = crowded
     now = T0 + 30
@@ -202,6 +204,7 @@ def test_hundred_thousand_listeners_cost_per_operation_not_per_listener(crowded)
     assert reads["query"] == PER_KEY and reads["refreshed"] == 0
 
 
+@pytest.mark.slow
 def test_hundred_thousand_listeners_expire_and_free_their_ip(crowded) -> None:
     e = crowded
     # Half the listeners of one IP refresh their subscription; everyone else goes silent.
@@ -275,6 +278,7 @@ def test_listen_cache_entries_expire_from_a_heap() -> None:
     assert [e.kind for e in gw.listened[ops[7]]] == ["add"]     # nobody told us: the heap did
 
 
+@pytest.mark.slow
 def test_listens_come_back_after_the_gateway_was_offline() -> None:
     """Offline for 45 s (past every retry of its listen refreshes): every storer failed in
     every listen's search, and before the fix no listen was ever acknowledged again."""

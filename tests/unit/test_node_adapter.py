@@ -62,68 +62,58 @@ async def replies(sock: socket.socket, want: int, timeout: float = 5.0) -> list[
     return got
 
 
-def test_a_burst_is_answered_in_order_when_the_socket_refuses_for_a_while() -> None:
-    async def main() -> tuple[list[int], int]:
-        node = await started()
-        endpoint = node._endpoints[4]
-        endpoint.sock = Refusing(endpoint.sock, busy=3)          # type: ignore[assignment]
-        sock = client()
-        try:
-            me = os.urandom(20)
-            for tid in range(1, 51):
-                sock.sendto(encode_query("ping", tid, {"id": me}, client=True),
-                            ("127.0.0.1", node.port))
-            return await replies(sock, 50), node.stats().get("send_dropped_backlog", 0)
-        finally:
-            sock.close()
-            await node.stop()
-
-    tids, dropped = asyncio.run(main())
+async def test_a_burst_is_answered_in_order_when_the_socket_refuses_for_a_while() -> None:
+    node = await started()
+    endpoint = node._endpoints[4]
+    endpoint.sock = Refusing(endpoint.sock, busy=3)          # type: ignore[assignment]
+    sock = client()
+    try:
+        me = os.urandom(20)
+        for tid in range(1, 51):
+            sock.sendto(encode_query("ping", tid, {"id": me}, client=True),
+                        ("127.0.0.1", node.port))
+        tids, dropped = await replies(sock, 50), node.stats().get("send_dropped_backlog", 0)
+    finally:
+        sock.close()
+        await node.stop()
     assert tids == list(range(1, 51)) and dropped == 0
 
 
-def test_the_backlog_is_bounded_and_what_it_drops_is_counted(monkeypatch) -> None:
+async def test_the_backlog_is_bounded_and_what_it_drops_is_counted(monkeypatch) -> None:
     monkeypatch.setattr(node_mod, "MAX_BACKLOG", 10)
-
-    async def main() -> tuple[list[int], int]:
-        node = await started()
-        endpoint = node._endpoints[4]
-        refusing = Refusing(endpoint.sock, busy=10**9)            # never writable ...
-        endpoint.sock = refusing                                  # type: ignore[assignment]
-        sock = client()
-        try:
-            me = os.urandom(20)
-            for tid in range(1, 31):
-                sock.sendto(encode_query("ping", tid, {"id": me}, client=True),
-                            ("127.0.0.1", node.port))
-            for _ in range(100):                                  # bounded wait: all read
-                if node.stats().get("received", 0) >= 30:
-                    break
-                await asyncio.sleep(0.01)
-            dropped = node.stats().get("send_dropped_backlog", 0)
-            refusing.busy = 0                                     # ... until now
-            return await replies(sock, 10), dropped
-        finally:
-            sock.close()
-            await node.stop()
-
-    tids, dropped = asyncio.run(main())
+    node = await started()
+    endpoint = node._endpoints[4]
+    refusing = Refusing(endpoint.sock, busy=10**9)            # never writable ...
+    endpoint.sock = refusing                                  # type: ignore[assignment]
+    sock = client()
+    try:
+        me = os.urandom(20)
+        for tid in range(1, 31):
+            sock.sendto(encode_query("ping", tid, {"id": me}, client=True),
+                        ("127.0.0.1", node.port))
+        for _ in range(100):                                  # bounded wait: all read
+            if node.stats().get("received", 0) >= 30:
+                break
+            await asyncio.sleep(0.01)
+        dropped = node.stats().get("send_dropped_backlog", 0)
+        refusing.busy = 0                                     # ... until now
+        tids = await replies(sock, 10)
+    finally:
+        sock.close()
+        await node.stop()
     assert dropped == 20 and tids == list(range(1, 11))
 
 
-def test_a_send_error_is_counted_not_raised() -> None:
-    async def main() -> tuple[int, list[int]]:
-        node = await started()
-        sock = client()
-        try:
-            node.engine.ctx.send(b"x", ("127.0.0.1", 0))     # port 0: EINVAL from the kernel
-            node._after()
-            sock.sendto(encode_query("ping", 7, {"id": os.urandom(20)}, client=True),
-                        ("127.0.0.1", node.port))
-            return node.stats().get("socket_errors", 0), await replies(sock, 1)
-        finally:
-            sock.close()
-            await node.stop()
-
-    errors, tids = asyncio.run(main())
+async def test_a_send_error_is_counted_not_raised() -> None:
+    node = await started()
+    sock = client()
+    try:
+        node.engine.ctx.send(b"x", ("127.0.0.1", 0))     # port 0: EINVAL from the kernel
+        node._after()
+        sock.sendto(encode_query("ping", 7, {"id": os.urandom(20)}, client=True),
+                    ("127.0.0.1", node.port))
+        errors, tids = node.stats().get("socket_errors", 0), await replies(sock, 1)
+    finally:
+        sock.close()
+        await node.stop()
     assert errors == 1 and tids == [7]

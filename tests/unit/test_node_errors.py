@@ -52,9 +52,9 @@ async def flood_puts(port: int, count: int) -> None:
         sock.close()
 
 
-def test_exceptions_from_remote_input_are_counted_not_flooded(
+async def test_exceptions_from_remote_input_are_counted_not_flooded(
         caplog: pytest.LogCaptureFixture) -> None:
-    async def main() -> tuple[int, bool]:
+    with caplog.at_level(logging.DEBUG):
         node = DhtNode(NodeConfig(bind4="127.0.0.1", ipv6=False,
                                   policy=EditPolicy(verify=broken_verify)))
         await node.start()
@@ -64,12 +64,9 @@ def test_exceptions_from_remote_input_are_counted_not_flooded(
                 if node.stats().get("receive_errors", 0) >= 200:
                     break
                 await asyncio.sleep(0.05)
-            return node.stats().get("receive_errors", 0), node.engine is not None
+            errors, alive = node.stats().get("receive_errors", 0), node.engine is not None
         finally:
             await node.stop()
-
-    with caplog.at_level(logging.DEBUG):
-        errors, alive = asyncio.run(main())
     assert errors == 200 and alive
     noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(noisy) <= 2, [r.getMessage()[:80] for r in noisy]

@@ -7,7 +7,6 @@ file was written in place with the umask's mode (0644), following symlinks.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -35,13 +34,14 @@ def test_key_temp_file_does_not_follow_a_planted_symlink(tmp_path: Path) -> None
         f".me.pem.{os.getpid()}.tmp"]          # ours left nothing behind
 
 
-def test_state_file_is_private_and_replaced_atomically(tmp_path: Path) -> None:
+async def test_state_file_is_private_and_replaced_atomically(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious")
     state = tmp_path / "state.json"
     state.symlink_to(victim)
 
-    async def main() -> None:
+    old_umask = os.umask(0o022)
+    try:
         a = DhtNode(NodeConfig(bind4="127.0.0.1", ipv6=False))
         await a.start()
         b = DhtNode(NodeConfig(bind4="127.0.0.1", ipv6=False, state_file=state,
@@ -52,10 +52,6 @@ def test_state_file_is_private_and_replaced_atomically(tmp_path: Path) -> None:
         finally:
             await b.stop()
             await a.stop()
-
-    old_umask = os.umask(0o022)
-    try:
-        asyncio.run(main())
     finally:
         os.umask(old_umask)
     assert victim.read_text() == "precious"

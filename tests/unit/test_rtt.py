@@ -13,8 +13,7 @@ from sipdht.dht.messages import decode, encode_reply
 from sipdht.dht.requests import FIRST_TIMEOUT
 from sipdht.dht.rtt import RTO_MAX, RTO_MIN, rto, updated
 from sipdht.dht.values import Value
-
-from .test_engine import T0, H, Net, drain, events
+from tests.harness.engine import T0, H, Net, drain, events
 
 PEER = InfoHash(b"\x11" * 20)
 B = ("203.0.113.20", 5000)

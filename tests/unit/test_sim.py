@@ -164,6 +164,7 @@ def test_put_is_found_from_20_other_nodes():
     assert not describe_failures(results, value)
 
 
+@pytest.mark.slow
 def test_500_nodes_every_get_finds_every_value():
     sim = build(500, seed=11)
     lonely = [n for n in sim.nodes if not n.connected or n.good_count() < 8]

@@ -31,6 +31,7 @@ def ip(n: int) -> str:
 # --- memory: every value is charged what it costs ------------------------------------------
 
 
+@pytest.mark.slow
 def test_empty_values_fill_the_quota_by_their_real_memory() -> None:
     """20,000 empty values from 20,000 IPs at distinct keys under a 2 MiB quota: the store
     must not grow far beyond 2 MiB (it grew by ~20 MB when empty values were charged 0)."""

@@ -9,8 +9,8 @@ from sipdht.tasks import Supervisor
 from sipdht.v1 import locator as loc
 
 
-def test_failures_are_logged_and_finished_tasks_dropped(caplog):
-    async def main():
+async def test_failures_are_logged_and_finished_tasks_dropped(caplog):
+    with caplog.at_level(logging.ERROR):
         sup = Supervisor("t")
 
         async def boom():
@@ -23,35 +23,27 @@ def test_failures_are_logged_and_finished_tasks_dropped(caplog):
         assert len(sup) == 0                    # before: Agent._tasks grew per call
         assert sup.stats["failed"] == 1
         await sup.stop()
-
-    with caplog.at_level(logging.ERROR):
-        asyncio.run(main())
     assert "t:boom" in caplog.text and "kaput" in caplog.text
 
 
-def test_forever_restarts_a_loop_that_raises(monkeypatch):
+async def test_forever_restarts_a_loop_that_raises(monkeypatch):
     monkeypatch.setattr("sipdht.tasks.RESTART_MIN", 0.01)
     runs = []
+    sup = Supervisor("t")
 
-    async def main():
-        sup = Supervisor("t")
+    async def loop():
+        runs.append(1)
+        if len(runs) < 3:
+            raise ValueError("one bad value")
+        await asyncio.sleep(10)
 
-        async def loop():
-            runs.append(1)
-            if len(runs) < 3:
-                raise ValueError("one bad value")
-            await asyncio.sleep(10)
-
-        sup.forever("inbox", loop)
-        for _ in range(100):
-            if len(runs) >= 3:
-                break
-            await asyncio.sleep(0.01)
-        await sup.stop()
-        return sup.stats
-
-    stats = asyncio.run(main())
-    assert len(runs) == 3 and stats["restarted_inbox"] == 2
+    sup.forever("inbox", loop)
+    for _ in range(100):
+        if len(runs) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await sup.stop()
+    assert len(runs) == 3 and sup.stats["restarted_inbox"] == 2
 
 
 class _FlakyDht:
@@ -70,7 +62,7 @@ class _FlakyDht:
         return Value(id=kw["vid"], seq=kw["seq"]), 8
 
 
-def _run_publish_loop(monkeypatch, fail: set[int], seconds: float) -> int:
+async def _run_publish_loop(monkeypatch, fail: set[int], seconds: float) -> int:
     monkeypatch.setattr(loc, "RETRY_INTERVAL", 0.02)
     monkeypatch.setattr(loc, "REPUBLISH_INTERVAL", 0.05)
     dht = _FlakyDht(fail)
@@ -81,22 +73,19 @@ def _run_publish_loop(monkeypatch, fail: set[int], seconds: float) -> int:
 
     locator._visible = visible                  # type: ignore[method-assign]
 
-    async def main():
-        locator.start()
-        await asyncio.sleep(seconds)
-        locator._task.cancel()
-
-    asyncio.run(main())
+    locator.start()
+    await asyncio.sleep(seconds)
+    locator._task.cancel()
     return dht.calls
 
 
-def test_publish_loop_survives_a_first_failure(monkeypatch):
+async def test_publish_loop_survives_a_first_failure(monkeypatch):
     # before: `stored` was unbound after a first failure: the loop died, never re-published
-    assert _run_publish_loop(monkeypatch, {1}, 0.2) >= 3
+    assert await _run_publish_loop(monkeypatch, {1}, 0.2) >= 3
 
 
-def test_a_failure_after_a_success_retries_soon(monkeypatch):
+async def test_a_failure_after_a_success_retries_soon(monkeypatch):
     # before: after one success, a failure waited the full re-publish interval
-    calls = _run_publish_loop(monkeypatch, {2, 3, 4, 5, 6, 7, 8, 9}, 0.3)
+    calls = await _run_publish_loop(monkeypatch, {2, 3, 4, 5, 6, 7, 8, 9}, 0.3)
     # success at 0, failures then retry every 0.02 s: ~8 calls in 0.3 s, not 1 per 0.05 s
     assert calls >= 8

@@ -151,15 +151,14 @@ def test_refusals_in_order():
     assert (unknown.counter, unknown.code) == ("unknown_caller", RefusalCode.POLICY)
 
 
-def test_offers_from_before_the_agent_started_are_ignored_silently():
-    import asyncio
+async def test_offers_from_before_the_agent_started_are_ignored_silently():
     from types import SimpleNamespace
 
     sig = Signaling(_Secure(), PolicyConfig(), not_before=time.time())
     old = Offer(9, A, B, ICE, b"k" * 32, time.time() - 30)
     sv = SimpleNamespace(encrypted=True, signer=A,
                          value=SimpleNamespace(data=encode(old), owner=None))
-    assert asyncio.run(sig.handle(sv)) is None
+    assert await sig.handle(sv) is None
     assert sig.stats == {"ignored_before_start": 1}     # no decline, no refusal counted
 
 

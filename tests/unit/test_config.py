@@ -5,7 +5,7 @@ import pytest
 
 from sipdht.config import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str, name: str = "x.ini") -> Path:

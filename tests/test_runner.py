@@ -1,0 +1,35 @@
+"""The one async runner: pytest-asyncio runs ``async def`` tests, ``async_timeout`` bounds them
+(tests/harness/aio.py), and the old synchronous wrappers still run beside them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.harness.aio import async_test, bounded
+
+
+async def test_a_bound_cancels_the_test_and_its_finally_still_runs():
+    cleaned: list[str] = []
+
+    async def hangs() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cleaned.append("stopped")
+
+    with pytest.raises(TimeoutError):
+        await bounded(hangs, 0.05)()
+    assert cleaned == ["stopped"]
+
+
+@pytest.mark.async_timeout(0.2)
+async def test_the_mark_bounds_the_test_it_is_on():
+    with pytest.raises(asyncio.CancelledError):     # unbounded, this sleep would just end
+        await asyncio.sleep(5)
+
+
+@async_test
+async def test_a_hand_wrapped_test_runs_in_its_own_loop():
+    assert asyncio.get_running_loop().is_running()
