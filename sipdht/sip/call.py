@@ -23,7 +23,7 @@ class Leg:
     call: Call
     dialog: Dialog
     invite: ClientTransaction | ServerTransaction | None = None
-    pending_ack: dict[int, AwaitedAck] = field(default_factory=dict)   # by our 2xx's CSeq
+    pending_ack: dict[int, AwaitedAck] = field(default_factory=dict)   # by the INVITE CSeq
     done: bool = False              # BYE or CANCEL sent, or failed: nothing more to send
 
 
