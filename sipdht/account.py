@@ -139,6 +139,30 @@ class Diagnosable(Protocol):
         """The round-trip time in seconds; raises LinkClosed when nothing answers in time."""
 
 
+LinkSubscriber = Callable[[Link, "IncomingLink | None"], None]
+
+
+@runtime_checkable
+class LinkSource(Protocol):
+    """Where the gateway gets links: shared per peer account, held while a call uses one
+    (`sipdht.links.LinkPool`; an in-memory pool in the tests)."""
+
+    async def get(self, account: str, *, uri: str = "", timeout: float | None = None) -> Link:
+        """A live link to `account`, or a new one; raises CallFailure."""
+
+    def find(self, account: str) -> Link | None:
+        """A live link to `account` if there is one (no set-up)."""
+
+    def subscribe(self, callback: LinkSubscriber) -> None:
+        """Call `callback(link, incoming)` for every new link (`incoming` None when ours)."""
+
+    def hold(self, link: Link) -> None:
+        """A call uses `link`: it must not be closed as idle."""
+
+    def release(self, link: Link) -> None:
+        """One `hold` ended."""
+
+
 # --- account types ----------------------------------------------------------------------------
 
 

@@ -3,11 +3,14 @@ outbound proxy) and calls `sip:<account id>@dht` or an alias from [contacts]; th
 back-to-back user agent between the softphone and a peer link (`sipdht.account.Link`), and
 relays the media over the link's channels.
 
-Modules, one concept each: `message` (sipmessage behind a guard: size/header caps, LF and
-folding, Content-Length, 400 reasons), `sdp` (line-based rewrite), `registrar`, `transaction`
-(RFC 3261 timers, sans-IO), `dest` (where a message goes: UDP, TCP or a link), `b2bua`
-(calls, dialogs, forking, identity assertion), `media` (RTP/RTCP relay), `gateway` (the asyncio
-adapter). The composition root builds it as
+Modules, one concept each, lowest first: `message` (sipmessage behind a guard: size/header
+caps, LF and folding, Content-Length and stream framing, 400 reasons), `sdp` (line-based
+rewrite), `dest` (where a message goes: UDP, TCP or a link), `transport` (sockets, link
+channels, the send path), `auth` (access policy, nonces, digest), `transaction` (RFC 3261
+timers, sans-IO), `registrar`, `dialog` (one dialog, sans-IO), `local` (our names and addresses
+per dialog), `media` (RTP/RTCP relay) and `media_map` (a call's SDP onto relays), `call` (a
+call's legs and forks), `b2bua` (calls, forking, identity assertion), `gateway` (composes them
+and routes new requests). The composition root builds it as
 
     gateway = Gateway(config.sip, config.contacts, pool, account, config.sip.domain)
     await gateway.start()          # GatewayError if [sip] listen cannot be bound

@@ -65,8 +65,6 @@ class Relay:
         self.peer_mux: bool | None = None       # the peer's SDP has it (None: not seen yet)
         self.sent = self.received = self.dropped = 0
         self._loop = asyncio.get_running_loop()
-        # PeerLink.send_nowait sends from this callback without a task per packet
-        self._send_nowait: Callable[[int, bytes], None] | None = getattr(link, "send_nowait", None)
         self._loop.add_reader(self.rtp.fileno(), self._readable, self.rtp)
         self._loop.add_reader(self.rtcp.fileno(), self._readable, self.rtcp)
         link.on_message(self.channel, self._from_link)
@@ -99,17 +97,10 @@ class Relay:
                 self.dropped += 1
                 continue
             self.sent += 1
-            if self._send_nowait is not None:
-                try:
-                    self._send_nowait(self.peer_channel, data)
-                except (LinkClosed, ConnectionError):
-                    self.dropped += 1
-            else:
-                self._loop.create_task(self._send(self.peer_channel, data))
-
-    async def _send(self, channel: int, data: bytes) -> None:
-        with contextlib.suppress(LinkClosed, ConnectionError):
-            await self.link.send(channel, data)
+            try:                                  # no task per packet: sent from here
+                self.link.send_nowait(self.peer_channel, data)
+            except (LinkClosed, ConnectionError):
+                self.dropped += 1
 
     def _from_link(self, data: bytes) -> None:
         if self._closed:

@@ -64,6 +64,28 @@ def _content_length(lines: list[bytes]) -> int | None:
     return None
 
 
+def frame_length(head: bytes) -> int:
+    """The body length of a message on a stream, from its header block (up to and including
+    the empty line): Content-Length is required there (RFC 3261 18.3) and capped."""
+    lines, _ = _normalise(head)
+    length = _content_length(lines)
+    if length is None:
+        raise BadMessage("Missing Content-Length on a stream")
+    if length > MAX_SIZE:
+        raise BadMessage("Message too large")
+    return length
+
+
+def record_route(message: Message) -> list[Address]:
+    """The Record-Route entries in order; [] when there are none or they are malformed
+    (only stored for now, so a bad one must not fail the request)."""
+    try:
+        return [a for value in message.headers.getlist("Record-Route")
+                for a in Address.parse_many(value)]
+    except ValueError:
+        return []
+
+
 def parse(data: bytes, *, stream: bool = False) -> Message:
     """Parse one SIP message; raise BadMessage (a ValueError) with a reason phrase.
 

@@ -1,19 +1,23 @@
 """The local registrar: which softphones ring for incoming calls, and where they listen.
 
-Sans-IO: REGISTER in, (status, bindings) out; expiry is checked against the `now` the caller
-passes. A binding remembers the transport it came over so an incoming call can be sent back
-the same way (a TCP connection, or the UDP source when the Contact is not an IP literal).
+Sans-IO: REGISTER in, response (and bindings) out; expiry is checked against the `now` the
+caller passes. A binding remembers the transport it came over so an incoming call can be sent
+back the same way (a TCP connection, or the UDP source when the Contact is not an IP literal).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from sipmessage import Address, Request
+from sipmessage import Address, Request, Response
 
+from . import message
+from .dest import Dest, DestKind
 from .message import BadMessage
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRES = 3600
 MIN_EXPIRES = 60
@@ -26,7 +30,7 @@ class Binding:
     aor: str                 # user part of the To URI
     contact: Address
     expires_at: float
-    dest: Any                # where to send requests for this contact (gateway-defined)
+    dest: Dest               # where to send requests for this contact
     call_id: str
     cseq: int
 
@@ -45,7 +49,28 @@ class Registrar:
             del self._bindings[key]
         return list(self._bindings.values())
 
-    def register(self, request: Request, dest: Any, now: float) -> tuple[int, str, list[Binding]]:
+    def answer(self, request: Request, source: Dest, now: float) -> Response:
+        """Apply a REGISTER that came from `source` and write its response (RFC 3261 10.3)."""
+        dest = source
+        contacts = request.contact
+        if source.kind is DestKind.UDP and contacts:
+            uri = contacts[0].uri
+            if message.is_address_literal(uri.host):
+                dest = Dest.udp((uri.host.strip("[]"), uri.port or 5060))
+        code, reason, bindings = self.register(request, dest, now)
+        resp = message.response(request, code, reason, to_tag=message.new_tag())
+        if code == 423:
+            resp.headers.set("Min-Expires", str(MIN_EXPIRES))
+        if bindings:
+            resp.headers.setlist("Contact", [
+                str(Address(b.contact.uri, b.contact.name,
+                            b.contact.parameters.replace(expires=str(b.expires_in(now)))))
+                for b in bindings])
+        log.info("REGISTER %s from %s: %d (%d binding(s))", request.to_address.uri,
+                 source.addr, code, len(bindings))
+        return resp
+
+    def register(self, request: Request, dest: Dest, now: float) -> tuple[int, str, list[Binding]]:
         """Apply one REGISTER: (status, reason, the AOR's bindings after it)."""
         aor = request.to_address.uri.user or ""
         default = _expires_header(request)

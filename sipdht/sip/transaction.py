@@ -1,7 +1,7 @@
 """RFC 3261 section 17 transactions (with RFC 6026's Accepted state), sans-IO.
 
-One `TransactionLayer` serves every transport: a destination is an opaque value the gateway
-maps to a UDP address, a TCP connection or a peer link, and `reliable` says whether the
+One `TransactionLayer` serves every transport: it only stores a `Dest` (a UDP address, a TCP
+connection or a peer link) and hands it back with what to send, and `reliable` says whether the
 retransmission timers (A, E, G and the 2xx retransmission) run. A peer link loses datagrams
 like UDP, so it is unreliable here. Timers: A/B (INVITE client), E/F (non-INVITE client),
 D/K (absorbing retransmitted finals), G/H/I (INVITE server), J (non-INVITE server).
@@ -14,13 +14,14 @@ Drive it like the other sans-IO cores: `receive_request` / `receive_response` / 
 from __future__ import annotations
 
 import collections
+import enum
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
 
 from sipmessage import Request, Response
 
+from .dest import Dest
 from .message import branch, response, serialize, top_via
 
 T1 = 0.5
@@ -29,9 +30,26 @@ T4 = 5.0
 TIMER_B = 64 * T1
 
 
+class TxState(enum.StrEnum):
+    CALLING = "calling"            # INVITE client, nothing heard yet
+    TRYING = "trying"              # non-INVITE, nothing heard / answered yet
+    PROCEEDING = "proceeding"
+    ACCEPTED = "accepted"          # RFC 6026: a 2xx to an INVITE, retransmissions pass
+    COMPLETED = "completed"
+    CONFIRMED = "confirmed"
+    TERMINATED = "terminated"
+
+
+class Received(enum.StrEnum):
+    """What `receive_request` made of a request."""
+    NEW = "new"                    # a new server transaction for the user
+    ABSORBED = "absorbed"          # a retransmission, or the ACK of an error
+    ACK = "ack"                    # an ACK outside any transaction: a 2xx's, the dialog's
+
+
 @dataclass
 class Outgoing:
-    dest: Any
+    dest: Dest
     data: bytes
 
 
@@ -45,12 +63,17 @@ class Timeout:
 @dataclass(eq=False)
 class _Transaction:
     request: Request
-    dest: Any
+    dest: Dest
     reliable: bool
-    state: str = ""
+    state: TxState = TxState.TRYING
     timers: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, float] = field(default_factory=dict)
-    context: Any = None        # for the transaction user (the B2BUA)
+    context: object = None     # the transaction user's (the B2BUA's): why it was sent
+
+    @property
+    def retransmitted(self) -> bytes:
+        """What timers A, E and G send again."""
+        raise NotImplementedError
 
     @property
     def method(self) -> str:
@@ -70,11 +93,19 @@ class ClientTransaction(_Transaction):
     ack: bytes = b""           # the ACK of a non-2xx final, re-sent on retransmissions
     final: Response | None = None
 
+    @property
+    def retransmitted(self) -> bytes:
+        return self.data
+
 
 @dataclass(eq=False)
 class ServerTransaction(_Transaction):
     last: bytes = b""
     last_code: int = 0
+
+    @property
+    def retransmitted(self) -> bytes:
+        return self.last
 
 
 def _server_key(request: Request) -> tuple[str, str, str]:
@@ -97,15 +128,15 @@ class TransactionLayer:
 
     # --- client side -------------------------------------------------------------------
 
-    def send_request(self, request: Request, dest: Any, reliable: bool, now: float,
-                     context: Any = None) -> ClientTransaction:
+    def send_request(self, request: Request, dest: Dest, reliable: bool, now: float,
+                     context: object = None) -> ClientTransaction:
         """Start a client transaction and send its request (ACK is never one: use send)."""
         assert request.method != "ACK"
         tx = ClientTransaction(request, dest, reliable, context=context, data=serialize(request))
         self._clients[(branch(request), request.method)] = tx
         self._out.append(Outgoing(dest, tx.data))
         timeout = "B" if tx.is_invite else "F"
-        tx.state = "calling" if tx.is_invite else "trying"
+        tx.state = TxState.CALLING if tx.is_invite else TxState.TRYING
         tx.timers[timeout] = now + TIMER_B
         if not reliable:
             retransmit = "A" if tx.is_invite else "E"
@@ -114,19 +145,19 @@ class TransactionLayer:
         self._dirty.append(tx)
         return tx
 
-    def send(self, dest: Any, data: bytes) -> None:
+    def send(self, dest: Dest, data: bytes) -> None:
         """Send outside any transaction (ACK for a 2xx)."""
         self._out.append(Outgoing(dest, data))
 
     def receive_response(self, resp: Response, now: float) -> ClientTransaction | None:
         """The matching transaction when its user must see `resp`; None when absorbed."""
         tx = self._clients.get((branch(resp), resp.cseq.method))
-        if tx is None or tx.state == "terminated":
+        if tx is None or tx.state is TxState.TERMINATED:
             return None
         self._dirty.append(tx)
         if resp.code < 200:
-            if tx.state in ("calling", "trying", "proceeding"):
-                tx.state = "proceeding"
+            if tx.state in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING):
+                tx.state = TxState.PROCEEDING
                 tx.timers.pop("A", None)
                 tx.timers.pop("B", None)
                 if "E" in tx.timers:
@@ -135,9 +166,9 @@ class TransactionLayer:
             return None
         if tx.is_invite:
             return self._invite_final(tx, resp, now)
-        if tx.state in ("trying", "proceeding"):
+        if tx.state in (TxState.TRYING, TxState.PROCEEDING):
             tx.final = resp
-            tx.state = "completed"
+            tx.state = TxState.COMPLETED
             tx.timers = {"K": now + (0 if tx.reliable else T4)}
             return tx
         return None
@@ -145,22 +176,22 @@ class TransactionLayer:
     def _invite_final(self, tx: ClientTransaction, resp: Response,
                       now: float) -> ClientTransaction | None:
         if resp.code < 300:
-            if tx.state in ("calling", "proceeding", "accepted"):
-                first = tx.state != "accepted"
-                tx.state = "accepted"
+            if tx.state in (TxState.CALLING, TxState.PROCEEDING, TxState.ACCEPTED):
+                first = tx.state is not TxState.ACCEPTED
+                tx.state = TxState.ACCEPTED
                 tx.final = tx.final or resp
                 if first:
                     tx.timers = {"M": now + TIMER_B}
                 return tx          # 2xx retransmissions go to the user, which re-sends ACK
             return None
-        if tx.state in ("calling", "proceeding"):
+        if tx.state in (TxState.CALLING, TxState.PROCEEDING):
             tx.final = resp
             tx.ack = serialize(_ack_for(tx.request, resp))
-            tx.state = "completed"
+            tx.state = TxState.COMPLETED
             tx.timers = {"D": now + (0 if tx.reliable else 32.0)}
             self._out.append(Outgoing(tx.dest, tx.ack))
             return tx
-        if tx.state == "completed":
+        if tx.state is TxState.COMPLETED:
             self._out.append(Outgoing(tx.dest, tx.ack))
         return None
 
@@ -169,31 +200,31 @@ class TransactionLayer:
 
     # --- server side -------------------------------------------------------------------
 
-    def receive_request(self, request: Request, dest: Any, reliable: bool,
-                        now: float) -> tuple[str, ServerTransaction | None]:
-        """("new", tx) for the user; ("absorbed", None) for a retransmission or an ACK of an
-        error; ("ack", None) for an ACK outside any transaction (a 2xx's ACK: the dialog's)."""
+    def receive_request(self, request: Request, dest: Dest, reliable: bool,
+                        now: float) -> tuple[Received, ServerTransaction | None]:
+        """(NEW, tx) for the user; (ABSORBED, None) for a retransmission or an ACK of an
+        error; (ACK, None) for an ACK outside any transaction (a 2xx's ACK: the dialog's)."""
         key = _server_key(request)
         tx = self._servers.get(key)
         if tx is not None:
             self._dirty.append(tx)
         if request.method == "ACK":
             if tx is None or not key[0]:
-                return "ack", None
-            if tx.state == "completed":
-                tx.state = "confirmed"
+                return Received.ACK, None
+            if tx.state is TxState.COMPLETED:
+                tx.state = TxState.CONFIRMED
                 tx.timers = {"I": now + (0 if tx.reliable else T4)}
-            if tx.state == "accepted":
-                return "ack", None
-            return "absorbed", None
+            if tx.state is TxState.ACCEPTED:
+                return Received.ACK, None
+            return Received.ABSORBED, None
         if tx is not None:
             if tx.last:
                 self._out.append(Outgoing(tx.dest, tx.last))
-            return "absorbed", None
+            return Received.ABSORBED, None
         tx = ServerTransaction(request, dest, reliable)
-        tx.state = "proceeding" if request.method == "INVITE" else "trying"
+        tx.state = TxState.PROCEEDING if request.method == "INVITE" else TxState.TRYING
         self._servers[key] = tx
-        return "new", tx
+        return Received.NEW, tx
 
     def find_server(self, request: Request, method: str = "INVITE") -> ServerTransaction | None:
         """The transaction a CANCEL refers to (same branch and sent-by, method INVITE)."""
@@ -202,25 +233,25 @@ class TransactionLayer:
 
     def respond(self, tx: ServerTransaction, resp: Response, now: float) -> None:
         self._dirty.append(tx)
-        if tx.state in ("completed", "confirmed", "terminated") or (
-                tx.state == "accepted" and resp.code >= 300):
+        if tx.state in (TxState.COMPLETED, TxState.CONFIRMED, TxState.TERMINATED) or (
+                tx.state is TxState.ACCEPTED and resp.code >= 300):
             return
-        if tx.state == "accepted" and tx.last_code >= 200:
+        if tx.state is TxState.ACCEPTED and tx.last_code >= 200:
             return
         tx.last = serialize(resp)
         tx.last_code = resp.code
         self._out.append(Outgoing(tx.dest, tx.last))
         if resp.code < 200:
-            tx.state = "proceeding"
+            tx.state = TxState.PROCEEDING
             return
         if tx.is_invite:
             self._invite_answered(tx, resp.code, now)
         else:
-            tx.state = "completed"
+            tx.state = TxState.COMPLETED
             tx.timers = {"J": now + (0 if tx.reliable else TIMER_B)}
 
     def _invite_answered(self, tx: ServerTransaction, code: int, now: float) -> None:
-        tx.state = "accepted" if code < 300 else "completed"
+        tx.state = TxState.ACCEPTED if code < 300 else TxState.COMPLETED
         tx.timers = {"H": now + TIMER_B}
         if not tx.reliable:
             tx.timers["G"] = now + T1
@@ -231,11 +262,11 @@ class TransactionLayer:
     def ack_received(self, tx: ServerTransaction, now: float) -> None:
         """The dialog got the ACK of this transaction's 2xx: stop re-sending the 2xx."""
         self._dirty.append(tx)
-        if tx.state == "accepted":
-            tx.state = "confirmed"
+        if tx.state is TxState.ACCEPTED:
+            tx.state = TxState.CONFIRMED
             tx.timers = {"L": now + TIMER_B}   # absorb INVITE retransmissions a while
 
-    def reply(self, request: Request, dest: Any, code: int, reason: str = "",
+    def reply(self, request: Request, dest: Dest, code: int, reason: str = "",
               now: float = 0.0) -> None:
         """A stateless answer (e.g. 400 to something that made no transaction)."""
         self._out.append(Outgoing(dest, serialize(response(request, code, reason))))
@@ -250,7 +281,8 @@ class TransactionLayer:
         self._dirty.clear()
 
     def _current(self, entry: tuple[float, int, _Transaction]) -> bool:
-        return entry[2].state != "terminated" and entry[2].next_deadline() == entry[0]
+        return (entry[2].state is not TxState.TERMINATED
+                and entry[2].next_deadline() == entry[0])
 
     def get_timer(self) -> float | None:
         self._reschedule()
@@ -275,22 +307,22 @@ class TransactionLayer:
     def _fire(self, tx: _Transaction, name: str, now: float) -> None:
         if name in ("A", "E", "G"):
             interval = tx.intervals[name]
-            data = tx.data if isinstance(tx, ClientTransaction) else tx.last  # type: ignore[attr-defined]
-            self._out.append(Outgoing(tx.dest, data))
+            self._out.append(Outgoing(tx.dest, tx.retransmitted))
             cap = T2 if (name != "A") else float("inf")
-            if name == "E" and tx.state == "proceeding":
+            if name == "E" and tx.state is TxState.PROCEEDING:
                 interval = T2
             else:
                 interval = min(interval * 2, cap)
             tx.intervals[name] = interval
             tx.timers[name] = now + interval
             return
-        if name in ("B", "F", "H") and not (name == "H" and tx.state == "confirmed"):
-            self._events.append(Timeout(tx))  # type: ignore[arg-type]
+        if name in ("B", "F", "H") and not (name == "H" and tx.state is TxState.CONFIRMED):
+            assert isinstance(tx, ClientTransaction | ServerTransaction)
+            self._events.append(Timeout(tx))
         self._terminate(tx)
 
     def _terminate(self, tx: _Transaction) -> None:
-        tx.state = "terminated"
+        tx.state = TxState.TERMINATED
         tx.timers.clear()
         if isinstance(tx, ClientTransaction):
             self._clients.pop((branch(tx.request), tx.method), None)

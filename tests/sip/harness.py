@@ -35,11 +35,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 async def start_gateway(pool, account: str, contacts: dict[str, str] | None = None,
                         host: str = "127.0.0.1", **options) -> Gateway:
-    config = SipConfig(listen=(host, 0), **options)
     for _ in range(5):
+        port = free_port(host) if host in ("127.0.0.1", "::1") else 0
+        config = SipConfig(listen=(host, port), **options)
         try:
             gw = Gateway(config, contacts or {}, pool, account, "dht")
-            gw.port = free_port(host) if host in ("127.0.0.1", "::1") else 0
             await gw.start()
             return gw
         except OSError:

@@ -35,6 +35,9 @@ class MemLink:
         return "host"
 
     async def send(self, channel: int, message: bytes) -> None:
+        self.send_nowait(channel, message)
+
+    def send_nowait(self, channel: int, message: bytes) -> None:
         if self.closed.done():
             raise LinkClosed(self.closed.result())
         self.sent[channel] += 1

@@ -397,7 +397,7 @@ def test_a_peer_cannot_end_or_answer_another_peers_dialog():
         try:
             await (await call.setup(gw_a, gw_b)).answer()
             [bob_call] = gw_b.b2bua.calls
-            a_leg = bob_call.a
+            a_leg = bob_call.a.dialog
             link = await carrier_pool.get(BOB)
             bye = (f"BYE sip:{BOB}@dht SIP/2.0\r\nVia: SIP/2.0/UDP x.invalid;branch=z9hG4bKevil\r\n"
                    f"Max-Forwards: 70\r\nFrom: <sip:{ALICE}@dht>;tag={a_leg.remote_tag}\r\n"

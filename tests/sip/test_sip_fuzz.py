@@ -77,7 +77,7 @@ def test_gateway_never_fails_internally_on_mutated_requests(side):
         network: dict = {}
         gw = await start_gateway(MemPool(ALICE, network), ALICE, {"bob": BOB})
         MemPool(BOB, network)
-        dest = Dest("udp", ("127.0.0.1", 9))
+        dest = Dest.udp(("127.0.0.1", 9))
         if side == "link":
             reg = VALID.replace(b"INVITE sip:bob@127.0.0.1", b"REGISTER sip:127.0.0.1").replace(
                 b"CSeq: 1 INVITE", b"CSeq: 1 REGISTER").replace(b"5070>", b"9>")
@@ -85,7 +85,7 @@ def test_gateway_never_fails_internally_on_mutated_requests(side):
             assert gw.registrar.bindings(gw.now())
             ours, theirs = MemLink(BOB, False), MemLink(ALICE, True)
             ours.other, theirs.other = theirs, ours
-            dest = Dest("link", conn=ours)
+            dest = Dest.over(ours)
         rng = random.Random(7)
         pieces = [b"", b"\r\n", b":", b";", b"<", b">", b",", b"\xff", b" ", b"=", b"@", b"*",
                   b"sip:", b"-1", b'"', b"tag=", b"expires=x"]
