@@ -135,3 +135,14 @@ def connected_pair() -> tuple[Net, DhtEngine, DhtEngine]:
     net.pump(T0)
     assert any(isinstance(x, ev.Connectivity) and x.good_nodes == 1 for x in events(cli))
     return net, srv, cli
+
+
+def listen(e: DhtEngine, sid: int = 4242, ve: int | None = 1, now: float = T0) -> list[Out]:
+    args = {"h": H, "token": token_for(e, LA, now, LISTENER), "sid": sid}
+    if ve is not None:
+        args["ve"] = ve
+    return feed(e, query("listen", 60, sender=LISTENER, **args), LA, now)
+
+
+def to(outs: list[Out], addr) -> list[Out]:
+    return [o for o in outs if o.dst == addr]

@@ -51,9 +51,11 @@ from tests.harness.engine import (
     engine,
     events,
     feed,
+    listen,
     put,
     query,
     silent,
+    to,
     token_for,
 )
 
@@ -218,17 +220,6 @@ def test_refresh_extends_lifetime_and_unknown_vid_succeeds() -> None:
 
 # --- listen / update -------------------------------------------------------------------------
 
-
-
-def listen(e: DhtEngine, sid: int = 4242, ve: int | None = 1, now: float = T0) -> list[Out]:
-    args = {"h": H, "token": token_for(e, LA, now, LISTENER), "sid": sid}
-    if ve is not None:
-        args["ve"] = ve
-    return feed(e, query("listen", 60, sender=LISTENER, **args), LA, now)
-
-
-def to(outs: list[Out], addr) -> list[Out]:
-    return [o for o in outs if o.dst == addr]
 
 
 def test_listen_then_put_sends_update_query() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sipdht.dht.infohash import InfoHash
 from sipdht.dht.listeners import Listener, Listeners
 from sipdht.dht.values import FIELD_TYPE, Query
-from tests.unit.test_engine import LA, T0, A, H, engine, feed, listen, query, to, token_for
+from tests.harness.engine import LA, T0, A, H, engine, feed, listen, query, to, token_for
 
 K = InfoHash.get("key")
 K2 = InfoHash.get("other key")
