@@ -2,7 +2,7 @@
 
 Helpers (plain functions and classes) live in tests/harness/ and are imported from there;
 fixtures live in conftest.py files and are never imported. The namespace fixtures are here,
-not in tests/netns/, because tests/sip/test_sip_nat.py uses them too.
+not in tests/netns/, because tests/netns/test_sip_nat.py and others use them too.
 """
 
 import inspect

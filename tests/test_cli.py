@@ -154,11 +154,9 @@ def test_lookup_prints_the_account_then_its_devices():
     assert out.getvalue() == f"{acct} offline no-record\n"
 
 
-def test_agent_lookup_asks_every_account_type(tmp_path):
+async def test_agent_lookup_asks_every_account_type(tmp_path):
     """The agent answers `lookup` through sipdht.account's AccountType.resolve, not through
     one account type's own classes."""
-    import asyncio
-
     from sipdht import identity
     from sipdht.account import Device
     from sipdht.agent import Agent
@@ -179,7 +177,7 @@ def test_agent_lookup_asks_every_account_type(tmp_path):
     one = Accounts("one/1", [Device(acct, "d1", False, 50.0)])
     two = Accounts("two/1", [Device(acct, "d2", True, 5.0)])
     agent.pool.accounts = [one, two]
-    found = asyncio.run(agent.lookup(acct))
+    found = await agent.lookup(acct)
     assert one.asked == two.asked == [acct]
     assert [d.id for d in found.devices] == ["d1", "d2"]
     assert found.online and found.record_age == 5.0

@@ -11,15 +11,6 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 
-# Imports of one tests/sip test module by another, left to the restructuring of tests/sip
-# (issue 15): the check fails once one is gone, so this list only shrinks.
-PENDING = {
-    ("sip/test_sip_agents.py", "tests.sip.test_sip_calls"),
-    ("sip/test_sip_baresip.py", "tests.sip.test_sip_calls"),
-    ("sip/test_sip_dialogs.py", "tests.sip.test_sip_calls"),
-}
-
-
 def imported_modules(path: Path) -> set[str]:
     """Every module ``path`` imports, as an absolute dotted name (relative imports resolved,
     ``from package import module`` counted as the module)."""
@@ -52,11 +43,7 @@ def forbidden_imports() -> set[tuple[str, str]]:
 
 
 def test_no_module_imports_a_test_module_or_a_conftest():
-    assert forbidden_imports() - PENDING == set()
-
-
-def test_the_pending_exceptions_still_exist():
-    assert PENDING - forbidden_imports() == set(), "gone: remove it from PENDING"
+    assert forbidden_imports() == set()
 
 
 def test_the_check_sees_every_kind_of_import(tmp_path, monkeypatch):

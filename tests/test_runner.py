@@ -1,5 +1,6 @@
 """The one async runner: pytest-asyncio runs ``async def`` tests, ``async_timeout`` bounds them
-(tests/harness/aio.py), and the old synchronous wrappers still run beside them."""
+(tests/harness/aio.py); no test
+wraps its own ``asyncio.run``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 
 import pytest
 
-from tests.harness.aio import async_test, bounded
+from tests.harness.aio import bounded
 
 
 async def test_a_bound_cancels_the_test_and_its_finally_still_runs():
@@ -28,8 +29,3 @@ async def test_a_bound_cancels_the_test_and_its_finally_still_runs():
 async def test_the_mark_bounds_the_test_it_is_on():
     with pytest.raises(asyncio.CancelledError):     # unbounded, this sleep would just end
         await asyncio.sleep(5)
-
-
-@async_test
-async def test_a_hand_wrapped_test_runs_in_its_own_loop():
-    assert asyncio.get_running_loop().is_running()

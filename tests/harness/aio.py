@@ -1,4 +1,4 @@
-"""A time bound for async tests, and the old hand-written runner tests/sip still uses.
+"""A time bound for async tests.
 
 pytest-asyncio runs every ``async def test_...`` (setup.cfg: ``asyncio_mode = auto``), one
 event loop per test. A test marked ``@pytest.mark.async_timeout(seconds)`` (or a module, through
@@ -24,14 +24,3 @@ def bounded(test: AsyncTest, seconds: float) -> AsyncTest:
         async with asyncio.timeout(seconds):
             return await test(*args, **kwargs)
     return run
-
-
-def async_test(fn: AsyncTest) -> Callable[..., Any]:
-    """A synchronous test running ``fn`` in its own loop, bounded at 300 s.
-
-    Only for the tests/sip modules not yet written as ``async def`` tests; new tests are
-    plain ``async def`` (with ``async_timeout`` where a bound is wanted)."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 300))
-    return wrapper

@@ -285,24 +285,21 @@ class _Wire:
         pass
 
 
-def test_a_peer_link_is_a_link_with_diagnostics_the_cli_can_use():
+async def test_a_peer_link_is_a_link_with_diagnostics_the_cli_can_use() -> None:
     """`sipdht ping` sees the link only through sipdht.account: Link and Diagnosable."""
 
-    async def main() -> None:
-        a, b = _Wire(), _Wire()
-        a.other, b.other = b, a
-        to_b, to_a = pair()
-        caller, callee = PeerLink(a, to_b, B, initiator=True), PeerLink(b, to_a, A)
-        try:
-            assert isinstance(caller, Link) and isinstance(caller, Diagnosable)
-            assert caller.setup == Breakdown()
-            idle_since = caller.last_used
-            assert 0 < await caller.ping(timeout=2.0) < 2.0
-            assert caller.last_used == idle_since          # control traffic keeps a link idle
-            await exchange_data(caller, caller.echo_channel, 5000)   # the callee echoes
-            assert caller.last_used > idle_since
-        finally:
-            await caller.close()
-            await callee.close()
-
-    asyncio.run(main())
+    a, b = _Wire(), _Wire()
+    a.other, b.other = b, a
+    to_b, to_a = pair()
+    caller, callee = PeerLink(a, to_b, B, initiator=True), PeerLink(b, to_a, A)
+    try:
+        assert isinstance(caller, Link) and isinstance(caller, Diagnosable)
+        assert caller.setup == Breakdown()
+        idle_since = caller.last_used
+        assert 0 < await caller.ping(timeout=2.0) < 2.0
+        assert caller.last_used == idle_since          # control traffic keeps a link idle
+        await exchange_data(caller, caller.echo_channel, 5000)   # the callee echoes
+        assert caller.last_used > idle_since
+    finally:
+        await caller.close()
+        await callee.close()

@@ -14,7 +14,7 @@ from sipdht.sip.dest import Dest, DestKind
 from sipdht.sip.dialog import Dialog, LocalEnd, Side, cancel
 from sipdht.sip.local import Local
 from sipdht.sip.transport import read_frame
-from tests.sip.memlink import MemLink, MemPool
+from tests.harness.memlink import MemLink, MemPool
 
 ALICE = "a" * 40
 BOB = "b" * 40
@@ -192,30 +192,22 @@ def test_frame_length_reads_content_length_and_refuses_what_cannot_be_framed():
             m.frame_length(head.format(line).encode())
 
 
-def test_read_frame_splits_pipelined_messages_and_keepalives():
+async def test_read_frame_splits_pipelined_messages_and_keepalives() -> None:
     one = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 4\r\n\r\nbody"
     two = b"OPTIONS sip:y SIP/2.0\r\nContent-Length: 0\r\n\r\n"
-
-    async def main():
-        reader = asyncio.StreamReader()
-        reader.feed_data(one + b"\r\n\r\n" + two + b"\r\n\r\n" + two[:10])
-        reader.feed_eof()
-        frames = [await read_frame(reader) for _ in range(4)]
-        with pytest.raises(asyncio.IncompleteReadError):
-            await read_frame(reader)
-        return frames
-
-    assert asyncio.run(main()) == [one, b"", two, b""]
+    reader = asyncio.StreamReader()
+    reader.feed_data(one + b"\r\n\r\n" + two + b"\r\n\r\n" + two[:10])
+    reader.feed_eof()
+    frames = [await read_frame(reader) for _ in range(4)]
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_frame(reader)
+    assert frames == [one, b"", two, b""]
 
 
 # --- the link seams ---------------------------------------------------------------------------
 
 
-def test_the_pools_and_links_the_gateway_takes_satisfy_the_seams():
-    async def main():
-        mem = MemPool(ALICE, {})
-        link = MemLink(BOB, True)
-        return isinstance(mem, LinkSource), isinstance(link, Link)
-
-    assert asyncio.run(main()) == (True, True)
+async def test_the_pools_and_links_the_gateway_takes_satisfy_the_seams() -> None:
+    assert isinstance(MemPool(ALICE, {}), LinkSource)
+    assert isinstance(MemLink(BOB, True), Link)
     assert isinstance(LinkPool([]), LinkSource)

@@ -13,11 +13,9 @@ from sipdht import identity
 from sipdht.config import SipConfig
 from sipdht.sip.gateway import Gateway
 from tests.harness.agents import make_agent, started
-from tests.harness.aio import async_test
 from tests.harness.dhtnode import Dhtnode
 from tests.harness.requirements import require_binary
-from tests.sip.harness import SipClient, free_port, request
-from tests.sip.test_sip_calls import sipp_call
+from tests.harness.sip import SipClient, free_port, is_response, request, sipp_call
 
 pytestmark = pytest.mark.interop
 
@@ -48,14 +46,14 @@ async def final_for(gw: Gateway, user: str) -> tuple[int, str]:
     try:
         phone.send(request("INVITE", f"sip:{user}@127.0.0.1:{gw.port}", phone.port,
                            call_id=f"fail-{user[:6]}", body=SDP), gw.port)
-        final = await phone.expect(lambda m: m.code >= 200, timeout=30)
+        final = await phone.expect(is_response(at_least=200), timeout=30)
         return final.code, final.phrase
     finally:
         phone.close()
 
 
 @pytest.mark.slow
-@async_test
+@pytest.mark.async_timeout(300)
 async def test_sipp_calls_through_two_agents_and_failure_codes(dht, idents, tmp_path):
     require_binary("sipp")
     bob = make_agent(dht, idents["bob"], serve=True, home=tmp_path)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness import netlab as nl
+from tests.harness.baresip import dominant_hz, rms, write_config
 from tests.harness.requirements import require_binary
-from tests.sip.baresip import dominant_hz, rms, write_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop, pytest.mark.slow]
 
