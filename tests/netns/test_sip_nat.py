@@ -62,7 +62,7 @@ class Side:
 
 
 @pytest.mark.parametrize("loss", [0.0, 0.05])
-def test_baresip_behind_symmetric_nats_call_through_turn(netlab, coturn, dht_bootstrap, set_nat, tmp_path, loss):  # noqa: F811
+def test_baresip_behind_symmetric_nats_call_through_turn(netlab, coturn, dht_bootstrap, set_nat, tmp_path, loss):
     require_binary("baresip")
     set_nat("symmetric", "symmetric")
     alice, bob = Side(netlab, tmp_path, "alice"), Side(netlab, tmp_path, "bob")
