@@ -192,12 +192,12 @@ def test_a_node_config_is_built_from_the_dht_section_without_argparse(tmp_path):
     from sipdht.dht.storage import EditPolicy
 
     ini = tmp_path / "d.ini"
-    ini.write_text("[dht]\nport = 4333\nnetwork = 7\nbootstrap = 192.0.2.1:4222\n"
+    ini.write_text("[dht]\nport = 4333\nnetwork = 7\nbootstrap = 203.0.113.1:4222\n"
                    "max_storage_mb = 2\nrate_limit = true\n")
     dht = load_config(ini).dht
     cfg = NodeConfig.from_config(dht)
     assert (cfg.port, cfg.network, cfg.bootstrap, cfg.max_storage) == \
-        (4333, 7, [("192.0.2.1", 4222)], 2 * 1024 * 1024)
+        (4333, 7, [("203.0.113.1", 4222)], 2 * 1024 * 1024)
     assert cfg.rate_limit and not cfg.client_only and isinstance(cfg.policy, EditPolicy)
     client = NodeConfig.from_config(dht, client=True, network=0, bootstrap=[("::1", 5)],
                                     rate_limit=False)

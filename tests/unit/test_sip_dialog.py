@@ -87,9 +87,9 @@ def test_bye_goes_to_the_refreshed_target_with_both_tags():
     d = calling()
     inv = d.request("INVITE")
     d.establish(reply(inv, 200))
-    d.on_response(reply(inv, 200, contact="<sip:alice@192.0.2.7:5999>"), "INVITE")
+    d.on_response(reply(inv, 200, contact="<sip:alice@203.0.113.7:5999>"), "INVITE")
     bye = d.bye()
-    assert str(bye.uri) == "sip:alice@192.0.2.7:5999" and bye.cseq.sequence == 2
+    assert str(bye.uri) == "sip:alice@203.0.113.7:5999" and bye.cseq.sequence == 2
     assert bye.to_address.parameters["tag"] == "callee"
     assert bye.from_address.parameters["tag"] == d.local_tag
 
@@ -131,19 +131,19 @@ def test_a_malformed_record_route_leaves_an_empty_route_set():
 def test_only_invite_and_update_refresh_the_target():
     d = calling()
     inv = d.request("INVITE")
-    d.on_response(reply(inv, 100, tag="", contact="<sip:x@192.0.2.1>"), "INVITE")
-    d.on_response(reply(inv, 486, contact="<sip:x@192.0.2.2>"), "INVITE")
+    d.on_response(reply(inv, 100, tag="", contact="<sip:x@203.0.113.1>"), "INVITE")
+    d.on_response(reply(inv, 486, contact="<sip:x@203.0.113.2>"), "INVITE")
     info = d.request("INFO")
-    d.on_response(reply(info, 200, contact="<sip:x@192.0.2.3>"), "INFO")
+    d.on_response(reply(info, 200, contact="<sip:x@203.0.113.3>"), "INFO")
     assert str(d.target) == "sip:alice@127.0.0.1:5070"
-    d.on_response(reply(inv, 183, contact="<sip:x@192.0.2.4>"), "INVITE")
-    assert str(d.target) == "sip:x@192.0.2.4"
+    d.on_response(reply(inv, 183, contact="<sip:x@203.0.113.4>"), "INVITE")
+    assert str(d.target) == "sip:x@203.0.113.4"
     d.on_request(parse(invite().replace("INVITE sip", "INFO sip").replace("7 INVITE", "7 INFO")
-                       .replace("127.0.0.1:5070>", "192.0.2.5>")))
-    assert str(d.target) == "sip:x@192.0.2.4"
+                       .replace("127.0.0.1:5070>", "203.0.113.5>")))
+    assert str(d.target) == "sip:x@203.0.113.4"
     d.on_request(parse(invite().replace("INVITE", "UPDATE").replace("127.0.0.1:5070>",
-                                                                      "192.0.2.6>")))
-    assert str(d.target) == "sip:alice@192.0.2.6"
+                                                                      "203.0.113.6>")))
+    assert str(d.target) == "sip:alice@203.0.113.6"
 
 
 def test_the_answering_side_takes_ids_target_and_route_set_from_the_request():
